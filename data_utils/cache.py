@@ -1,0 +1,147 @@
+"""Decode face JPEGs once into a uint8 N×3×S×S tensor cache.
+
+The cache file is keyed by the content of the file list (each file's sha256 and label) and the image size,
+so renaming a folder or adding a file gives a new key, and a rebuilt folder with the same bytes reuses the
+old one. It is written atomically (temp file + ``os.replace``) under a file lock, so concurrent trials that
+ask for the same cache build it once and never read a half-written file.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from PIL import Image, UnidentifiedImageError
+
+from data_utils.scan import FaceFile
+
+CACHE_VERSION = 1
+NATIVE_SIZE = (200, 200)  # UTKFace's aligned-and-cropped faces
+
+
+class DecodeError(ValueError):
+    """A file that is not a decodable image; ``reason`` is the skip counter's key."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def default_cache_dir() -> Path:
+    """``$FACETUNE_CACHE``, else ``$XDG_CACHE_HOME/facetune``, else ``~/.cache/facetune``."""
+    if os.environ.get("FACETUNE_CACHE"):
+        return Path(os.environ["FACETUNE_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "facetune"
+
+
+def decode_face(data: bytes, size: int) -> tuple[torch.Tensor, list[str]]:
+    """Decode image bytes to a uint8 3×size×size RGB tensor, with notes on any conversion done.
+
+    Non-RGB modes are converted to RGB; non-square images are centre-cropped to a square; every image is
+    resized to ``size`` with PIL's antialiased bilinear filter. Training, export and prediction all use
+    this one function, so an image is prepared the same way everywhere.
+    """
+    if not data:
+        raise DecodeError("empty_file", "zero-byte file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        original_size = img.size
+        # draft lets the JPEG decoder skip work at a reduced scale when the target is much smaller
+        img.draft("RGB", (size, size))
+        img.load()
+    except UnidentifiedImageError as err:
+        raise DecodeError("not_an_image", f"not an image: {err}") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DecodeError("corrupt_image", f"corrupt or truncated image: {err}") from err
+    notes = []
+    if img.mode != "RGB":
+        notes.append(f"mode_{img.mode}_to_RGB")
+        img = img.convert("RGB")
+    w, h = img.size
+    if original_size[0] != original_size[1]:
+        notes.append("non_square_center_cropped")
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    elif original_size != NATIVE_SIZE:
+        notes.append("odd_size_resized")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    array = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3)
+    return array.permute(2, 0, 1).contiguous(), notes
+
+
+def cache_key(files: list[FaceFile], size: int) -> str:
+    """Content key of a file list at one image size."""
+    listing = [(f.sha256, f.age, f.gender) for f in sorted(files, key=lambda f: f.sha256)]
+    payload = json.dumps({"v": CACHE_VERSION, "size": size, "files": listing}).encode()
+    return hashlib.sha256(payload).hexdigest()[:20]
+
+
+def _decode_file(path: str, size: int) -> tuple[torch.Tensor | None, list[str], str | None]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        tensor, notes = decode_face(data, size)
+        return tensor, notes, None
+    except DecodeError as err:
+        return None, [], err.reason
+    except OSError:
+        return None, [], "unreadable_file"
+
+
+def build_cache(files: list[FaceFile], size: int) -> dict:
+    """Decode ``files`` (threads: PIL releases the GIL while decoding) into the cache's dict form."""
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda f: _decode_file(f.path, size), files))
+    kept, skipped, converted = [], {}, Counter()
+    for f, (tensor, notes, reason) in zip(files, results):
+        if reason is not None:
+            skipped.setdefault(reason, []).append(f.name)
+            continue
+        converted.update(notes)
+        kept.append((f, tensor))
+    images = torch.stack([t for _, t in kept]) if kept else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return {
+        "version": CACHE_VERSION,
+        "size": size,
+        "images": images,
+        "ages": torch.tensor([f.age for f, _ in kept], dtype=torch.int64),
+        "genders": torch.tensor([f.gender for f, _ in kept], dtype=torch.int64),
+        "names": [f.name for f, _ in kept],
+        "sha256": [f.sha256 for f, _ in kept],
+        "skipped": skipped,
+        "converted": dict(converted),
+    }
+
+
+def load_or_build(files: list[FaceFile], size: int, cache_dir: str | os.PathLike | None = None) -> tuple[dict, Path, bool]:
+    """Return (cache dict, cache path, built_now). Builds under a file lock when no valid cache exists."""
+    directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"faces-{cache_key(files, size)}-s{size}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True), path, False
+    with FileLock(str(path) + ".lock"):
+        if path.exists():  # another process built it while this one waited for the lock
+            return torch.load(path, weights_only=True), path, False
+        cache = build_cache(files, size)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(cache, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return cache, path, True

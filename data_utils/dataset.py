@@ -1,0 +1,143 @@
+"""From a folder to labelled uint8 tensors and a saved, leak-free train/validation/test split."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_utils.cache import load_or_build
+from data_utils.scan import ScanReport, age_band, scan_folder, summarize_labels
+
+
+class NoUsableImagesError(RuntimeError):
+    """Raised when a folder holds nothing that can be trained on."""
+
+
+@dataclass
+class Faces:
+    """Decoded faces: ``images`` uint8 N×3×S×S, ``ages``/``genders`` int64 N, one name and sha256 per row."""
+
+    images: torch.Tensor
+    ages: torch.Tensor
+    genders: torch.Tensor
+    names: list[str]
+    sha256: list[str]
+    report: ScanReport
+    cache_path: str = ""
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, index: np.ndarray | list[int]) -> "Faces":
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return Faces(self.images[idx], self.ages[idx], self.genders[idx], [self.names[i] for i in idx.tolist()],
+                     [self.sha256[i] for i in idx.tolist()], self.report, self.cache_path)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The data folder: the argument, else ``$UTKFACE_DIR``; absolute, since Ray Tune changes directories."""
+    chosen = data_dir or os.environ.get("UTKFACE_DIR")
+    if not chosen:
+        raise ValueError("no data folder given: pass --data DIR or set UTKFACE_DIR to a folder of UTKFace crops")
+    return Path(chosen).expanduser().resolve()
+
+
+def load_faces(data_dir: str | os.PathLike | None, image_size: int = 128,
+               cache_dir: str | os.PathLike | None = None) -> Faces:
+    """Scan a folder, decode it once into the tensor cache (or reuse it), and report what was skipped."""
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+    files, report = scan_folder(resolve_data_dir(data_dir))
+    cache, path, _ = load_or_build(files, image_size, cache_dir)
+    for reason, names in cache["skipped"].items():
+        for name in names:
+            report.skip(reason, name)
+    report.converted.update(cache["converted"])
+    summarize_labels(report, cache["ages"].tolist(), cache["genders"].tolist())
+    if report.usable == 0:
+        found = ", ".join(f"{n} {r}" for r, n in sorted(report.skipped.items())) or "no files at all"
+        raise NoUsableImagesError(
+            f"no usable UTKFace images in {report.folder}: {report.files_seen} entries seen ({found}). "
+            "Expected JPEG face crops named age_gender_race_datetime.jpg.chip.jpg")
+    return Faces(cache["images"], cache["ages"], cache["genders"], cache["names"], cache["sha256"], report, str(path))
+
+
+@dataclass
+class Split:
+    """Row indices into a ``Faces`` for each part, plus the sha256 of every member (so a split file is checkable)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    seed: int
+    fractions: tuple[float, float, float]
+
+    def to_json(self, faces: Faces) -> dict:
+        return {
+            "seed": self.seed,
+            "fractions": {"train": self.fractions[0], "val": self.fractions[1], "test": self.fractions[2]},
+            "counts": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            **{part: [faces.sha256[i] for i in getattr(self, part)] for part in ("train", "val", "test")},
+        }
+
+    def save(self, path: str | os.PathLike, faces: Faces) -> None:
+        Path(path).write_text(json.dumps(self.to_json(faces)))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, faces: Faces) -> "Split":
+        """Rebuild a saved split against ``faces``; every saved image must still be there."""
+        saved = json.loads(Path(path).read_text())
+        row = {h: i for i, h in enumerate(faces.sha256)}
+        parts = {}
+        for part in ("train", "val", "test"):
+            missing = [h for h in saved[part] if h not in row]
+            if missing:
+                raise ValueError(f"split {path}: {len(missing)} {part} images are no longer in the data folder")
+            parts[part] = np.array([row[h] for h in saved[part]], dtype=np.int64)
+        fr = saved["fractions"]
+        return cls(parts["train"], parts["val"], parts["test"], saved["seed"], (fr["train"], fr["val"], fr["test"]))
+
+
+def make_split(faces: Faces, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+               max_images: int = 0) -> Split:
+    """Deterministic split stratified by gender × age band.
+
+    Works on de-duplicated content (each sha256 appears once in ``faces``), so no image can sit in two
+    parts. Members of a stratum are ordered by sha256 before the seeded shuffle, so the split depends
+    on the images and the seed, not on file names or listing order. ``max_images`` > 0 first draws a
+    seeded subset of that size (for quick runs), then splits it the same way.
+    """
+    if not (0 <= val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 <= val_fraction, 0 < test_fraction and val+test < 1; got {val_fraction}, {test_fraction}")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(np.array(faces.sha256))
+    if 0 < max_images < len(faces):
+        order = np.sort(rng.choice(order, size=max_images, replace=False))
+        order = order[np.argsort(np.array(faces.sha256)[order])]
+    strata: dict[tuple[int, str], list[int]] = {}
+    ages, genders = faces.ages.tolist(), faces.genders.tolist()
+    for i in order.tolist():
+        strata.setdefault((genders[i], age_band(ages[i])), []).append(i)
+    train, val, test = [], [], []
+    # carrying the rounding remainder across strata keeps the totals at the requested fractions
+    carry_val = carry_test = 0.0
+    for key in sorted(strata):
+        members = np.array(strata[key])[rng.permutation(len(strata[key]))]
+        want_test, want_val = len(members) * test_fraction + carry_test, len(members) * val_fraction + carry_val
+        n_test, n_val = int(round(want_test)), int(round(want_val))
+        n_test = min(n_test, len(members))
+        n_val = min(n_val, len(members) - n_test)
+        carry_test, carry_val = want_test - n_test, want_val - n_val
+        test += members[:n_test].tolist()
+        val += members[n_test:n_test + n_val].tolist()
+        train += members[n_test + n_val:].tolist()
+    if not train or not test or (val_fraction > 0 and not val):
+        raise ValueError(f"{len(order)} images are too few for a {1 - val_fraction - test_fraction:.0%}/"
+                         f"{val_fraction:.0%}/{test_fraction:.0%} split")
+    as_array = lambda xs: np.array(sorted(xs), dtype=np.int64)  # noqa: E731
+    return Split(as_array(train), as_array(val), as_array(test), seed,
+                 (1 - val_fraction - test_fraction, val_fraction, test_fraction))

@@ -1,0 +1,59 @@
+"""Print what a UTKFace folder holds: usable images, skips by reason, duplicates, labels.
+
+    python data_utils/inspect.py --data DIR [--image-size 128] [--json]
+
+It decodes every image (into the tensor cache, so a later training run reuses the work), since only
+decoding tells a truncated JPEG from a good one.
+"""
+import os
+import sys
+
+# Run as a script, Python puts data_utils/ first on sys.path, and this file would shadow the standard
+# library's `inspect` module for everything imported after it; the project root goes there instead.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path[0] = os.path.dirname(sys.path[0])
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Scan a folder of UTKFace crops and report what is usable.")
+    parser.add_argument("--data", default=None, help="folder of UTKFace crops (default: $UTKFACE_DIR)")
+    parser.add_argument("--image-size", type=int, default=128, help="decode size for the cache (default: 128)")
+    parser.add_argument("--cache-dir", default=None, help="tensor cache folder (default: $FACETUNE_CACHE or ~/.cache/facetune)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def format_report(r: dict) -> str:
+    """The scan report as a few human-readable lines."""
+    lines = [f"folder       {r['folder']}", f"entries      {r['files_seen']}", f"usable       {r['usable']}",
+             f"skipped      {r['skipped_total']}"]
+    lines += [f"  {reason:<22} {n}   e.g. {', '.join(r['skipped_examples'].get(reason, [])[:2])}"
+              for reason, n in r["skipped"].items()]
+    lines.append("converted    " + (", ".join(f"{k}: {v}" for k, v in r["converted"].items()) or "none"))
+    d = r["duplicates"]
+    lines.append(f"duplicates   {d['groups_kept_one']} groups kept one copy ({d['copies_dropped']} copies dropped); "
+                 f"{d['conflicting_groups_dropped']} groups with conflicting labels dropped "
+                 f"({d['conflicting_files_dropped']} files)")
+    lines.append("gender       " + ", ".join(f"{k}: {v}" for k, v in r["gender_counts"].items()))
+    lines.append("age bands    " + ", ".join(f"{k}: {v}" for k, v in r["age_histogram"].items()))
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from data_utils.dataset import NoUsableImagesError, load_faces
+
+    try:
+        faces = load_faces(args.data, args.image_size, args.cache_dir)
+    except (FileNotFoundError, NotADirectoryError, ValueError, NoUsableImagesError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = faces.report.to_dict()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

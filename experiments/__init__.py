@@ -1,0 +1,1 @@
+"""Training one configuration, its config and objective, presets and benchmarks."""

@@ -1,0 +1,133 @@
+"""The one training config: a typed dataclass with defaults. Presets, CLI flags and search trials overlay it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "plateau", "none")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    arch: str = "scratch"  # see models.ARCHS
+    data_dir: str | None = None  # default: $UTKFACE_DIR; stored absolute
+    cache_dir: str | None = None  # default: $FACETUNE_CACHE or ~/.cache/facetune
+    image_size: int = 128
+    max_images: int = 0  # > 0: a seeded subset of this many images, for quick runs
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 0
+    # model
+    depth: int = 5  # scratch: conv stages (two convs + max-pool each)
+    base_width: int = 32  # scratch: channels of the first stage, doubling per stage up to 512
+    pool_size: int = 2  # scratch: the map entering the dense layers is pool_size × pool_size
+    dense_units: int = 256
+    dropout: float = 0.3
+    backbone: str = "mobilenet_v2"  # pretrained only
+    weights_path: str | None = None  # pretrained: ImageNet weights (default: models.weights search order)
+    unfreeze_epoch: int = 2  # pretrained: the backbone trains from this epoch on (0 = from the start)
+    backbone_lr_mult: float = 0.1  # pretrained: backbone LR = lr × this once unfrozen
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4  # not applied to biases and norm layers
+    batch_size: int = 64
+    epochs: int = 30
+    schedule: str = "cosine"  # cosine (per step, after warmup), plateau (on the objective), none
+    warmup_epochs: float = 1.0  # cosine only: linear warmup
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    grad_clip: float = 5.0  # max gradient norm; 0 disables
+    age_loss_weight: float = 0.1  # loss = BCE(gender) + age_loss_weight × L1(age in years)
+    # augmentation (data_utils.augment.AugmentStrength)
+    aug_flip: float = 0.5
+    aug_rotate: float = 10.0
+    aug_shift: float = 0.1
+    aug_scale: float = 0.1
+    aug_brightness: float = 0.2
+    # run
+    seed: int = 0
+    device: str = "auto"  # auto (cuda if present), cpu, cuda, cuda:N
+    train_on_val: bool = False  # train on train+val (final retraining); validation metrics then come from test
+
+    def __post_init__(self):
+        from models import ARCHS
+
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; valid: {', '.join(ARCHS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        for name in ("image_size", "batch_size", "epochs", "dense_units", "base_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.data_dir:
+            self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
+        """Overlay ``values`` on ``base`` (or the defaults). Unknown keys raise, naming the valid ones."""
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise KeyError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+        hints = get_type_hints(cls)
+        merged = asdict(base) if base is not None else {}
+        merged.update({k: _coerce(k, v, hints[k]) for k, v in values.items()})
+        return cls(**merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Cast JSON/CLI/search values to the field's type (Optuna hands out numpy scalars, JSON gives ints for floats)."""
+    if value is None:
+        return None
+    kinds = getattr(hint, "__args__", (hint,))
+    if bool in kinds:
+        if isinstance(value, str):
+            return value.lower() in ("1", "true", "yes")
+        return bool(value)
+    for kind in (int, float, str):
+        if kind in kinds:
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"config key {key} needs a whole number, got {value}")
+            return kind(value)
+    return value
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_config_file(name_or_path: str) -> dict[str, Any]:
+    """Read a JSON config: a file path, or the name of a preset in experiments/configs/."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(preset_names())}")
+    values = json.loads(path.read_text())
+    values.pop("_comment", None)
+    return values
+
+
+def replace(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``config`` with ``changes`` applied and validated."""
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,375 @@
+"""Train one configuration and score it: the loop every search trial and retraining runs.
+
+    python experiments/train.py --arch scratch --data ../shared/data/utkface-5k --epochs 10
+    python experiments/train.py --config seed_b --data DIR --out runs/train/b
+
+The data stays a uint8 tensor on the training device for the whole run (on CUDA: resident on the GPU);
+each batch is converted, augmented and, on CUDA, run under bf16 autocast in channels_last layout.
+"""
+import os
+import sys
+
+if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path[0] = os.path.dirname(sys.path[0])  # import the project's packages, not sibling files
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
+from data_utils.dataset import Faces, Split, load_faces, make_split  # noqa: E402
+from experiments.config import TrainConfig, load_config_file  # noqa: E402
+from experiments.objective import METRIC, objective  # noqa: E402
+from models import AgeGenderNet, build_model, count_parameters  # noqa: E402
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the configuration diverged."""
+
+
+@dataclass
+class TensorData:
+    """Images (uint8 N×3×S×S), ages (float years) and genders (float 0/1), all on one device."""
+
+    images: torch.Tensor
+    ages: torch.Tensor
+    genders: torch.Tensor
+
+    @classmethod
+    def from_faces(cls, faces: Faces, device: torch.device) -> "TensorData":
+        return cls(faces.images.to(device), faces.ages.to(device, torch.float32), faces.genders.to(device, torch.float32))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → the first CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but no CUDA GPU is visible; use --device cpu or auto")
+    return device
+
+
+def to_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    x = images.float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def loss_terms(age_pred, gender_logit, age, gender, age_weight: float):
+    """BCE on the gender logit plus ``age_weight`` × L1 on age in years; returns (total, bce, l1)."""
+    bce = F.binary_cross_entropy_with_logits(gender_logit.float(), gender)
+    l1 = F.l1_loss(age_pred.float(), age)
+    return bce + age_weight * l1, bce, l1
+
+
+@torch.no_grad()
+def predict(model: AgeGenderNet, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Age (years) and P(female) for uint8 images, in eval mode, batched; float32 CPU tensors."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    was_training = model.training
+    model.eval()
+    ages, probs = [], []
+    for i in range(0, images.shape[0], batch_size):
+        x = to_input(images[i:i + batch_size].to(device), cuda)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            age, logit = model(x)
+        ages.append(age.float().cpu())
+        probs.append(torch.sigmoid(logit.float()).cpu())
+    model.train(was_training)
+    return torch.cat(ages), torch.cat(probs)
+
+
+def score(model: AgeGenderNet, data: TensorData, age_weight: float) -> dict[str, float]:
+    """Loss, gender accuracy and age MAE of ``model`` on ``data``, plus the objective."""
+    age_pred, prob = predict(model, data.images)
+    age, gender = data.ages.cpu(), data.genders.cpu()
+    logit = torch.logit(prob.clamp(1e-6, 1 - 1e-6))
+    loss, _, _ = loss_terms(age_pred, logit, age, gender, age_weight)
+    acc = ((prob > 0.5).float() == gender).float().mean().item()
+    mae = (age_pred - age).abs().mean().item()
+    return {"loss": loss.item(), "gender_acc": acc, "age_mae": mae, METRIC: objective(acc, mae)}
+
+
+def _param_groups(model: AgeGenderNet, cfg: TrainConfig) -> list[dict]:
+    """Backbone and the rest, each split into decayed weights and undecayed biases/norm parameters."""
+    groups = []
+    for part, lr_mult in ((model.backbone, cfg.backbone_lr_mult if cfg.arch == "pretrained" else 1.0),
+                          (torch.nn.ModuleList([model.neck, model.heads]), 1.0)):
+        decay = [p for p in part.parameters() if p.ndim > 1]
+        no_decay = [p for p in part.parameters() if p.ndim <= 1]
+        groups.append({"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr * lr_mult})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr * lr_mult})
+    return groups
+
+
+def make_optimizer(model: AgeGenderNet, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+
+
+class Trainer:
+    """Owns the model, optimiser and schedule of one configuration; ``epochs()`` yields metrics once per epoch.
+
+    The state it returns from ``checkpoint()`` restores it exactly (``load_checkpoint``), so a run that stops
+    can go on where it was, as Ray Tune does when it retries a failed trial.
+    """
+
+    def __init__(self, cfg: TrainConfig, train: Faces, val: Faces, device: torch.device | None = None,
+                 imagenet_state: dict[str, torch.Tensor] | None = None):
+        self.cfg = cfg
+        self.device = device or resolve_device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        torch.manual_seed(cfg.seed)
+        self.train_data = TensorData.from_faces(train, self.device)
+        self.val_data = TensorData.from_faces(val, self.device)
+        if len(self.train_data) < 2:
+            raise ValueError(f"need at least 2 training images, got {len(self.train_data)}")
+        self.model = build_model(cfg, imagenet_state=imagenet_state).to(self.device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.augment = AugmentStrength(cfg.aug_flip, cfg.aug_rotate, cfg.aug_shift, cfg.aug_scale, cfg.aug_brightness)
+        self.optimizer = make_optimizer(self.model, cfg)
+        n = len(self.train_data)
+        # the last partial batch is dropped: BatchNorm cannot train on a batch of one
+        self.steps_per_epoch = max(1, n // cfg.batch_size)
+        self.batch_size = min(cfg.batch_size, n)
+        self.scheduler = self._make_scheduler()
+        self.epoch = 0  # epochs completed
+        self.best: dict[str, float] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []
+
+    def _make_scheduler(self):
+        cfg = self.cfg
+        if cfg.schedule == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.plateau_factor,
+                                                              patience=cfg.plateau_patience)
+        if cfg.schedule == "none":
+            return None
+        total = cfg.epochs * self.steps_per_epoch
+        warmup = min(int(cfg.warmup_epochs * self.steps_per_epoch), total - 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    @property
+    def backbone_frozen_now(self) -> bool:
+        return self.cfg.arch == "pretrained" and self.epoch < self.cfg.unfreeze_epoch
+
+    def train_one_epoch(self) -> dict[str, float]:
+        cfg, data = self.cfg, self.train_data
+        self.model.freeze_backbone(self.backbone_frozen_now)
+        self.model.train()
+        perm = torch.randperm(len(data), device=self.device)
+        totals = torch.zeros(3, device=self.device)
+        for step in range(self.steps_per_epoch):
+            idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
+            x = augment_batch(to_input(data.images[idx], self.cuda), self.augment)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+                age_pred, logit = self.model(x)
+            loss, bce, l1 = loss_terms(age_pred, logit, data.ages[idx], data.genders[idx], cfg.age_loss_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+                self.scheduler.step()
+            totals += torch.stack([loss.detach(), bce.detach(), l1.detach()])
+        train_loss, _, train_mae = (totals / self.steps_per_epoch).tolist()
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(f"training loss became {train_loss} in epoch {self.epoch + 1} "
+                                     f"(lr={cfg.lr:g}, optimizer={cfg.optimizer}); the configuration diverged")
+        return {"train_loss": train_loss, "train_age_mae": train_mae}
+
+    def epochs(self) -> Iterator[dict[str, float]]:
+        """Train the remaining epochs; after each, yield its metrics (validation ones prefixed ``val_``)."""
+        while self.epoch < self.cfg.epochs:
+            start = time.perf_counter()
+            frozen = self.backbone_frozen_now
+            metrics = self.train_one_epoch()
+            if self.cuda:
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            val = score(self.model, self.val_data, self.cfg.age_loss_weight)
+            self.epoch += 1
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(val[METRIC])
+            metrics.update({f"val_{k}" if k != METRIC else k: v for k, v in val.items()})
+            metrics.update({
+                "epoch": self.epoch,
+                "lr": self.optimizer.param_groups[-1]["lr"],
+                "backbone_frozen": int(frozen),
+                "epoch_seconds": seconds,
+                "train_images_per_second": self.steps_per_epoch * self.batch_size / seconds,
+            })
+            if self.best is None or metrics[METRIC] < self.best[METRIC]:
+                self.best = metrics
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.history.append(metrics)
+            yield metrics
+
+    def checkpoint(self, include_best: bool = False) -> dict:
+        """A plain dict (tensors, numbers, strings) that ``torch.load(..., weights_only=True)`` reads back."""
+        ckpt = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": self.epoch,
+            "config": self.cfg.to_dict(),
+            "metrics": self.history[-1] if self.history else {},
+            "best_metrics": self.best,
+            "history": self.history,
+            "rng": torch.get_rng_state(),
+        }
+        if include_best and self.best_state is not None:
+            ckpt["best_model"] = self.best_state
+        return ckpt
+
+    def load_checkpoint(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch = int(ckpt["epoch"])
+        self.best = ckpt.get("best_metrics")
+        self.history = list(ckpt.get("history", []))
+        self.best_state = ckpt.get("best_model")
+        torch.set_rng_state(ckpt["rng"])
+
+
+def load_model(ckpt: dict, device: str | torch.device = "cpu", which: str = "model") -> tuple[AgeGenderNet, TrainConfig]:
+    """Rebuild a model from a checkpoint's own config; ``which`` picks 'model' (last) or 'best_model' weights."""
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    model = build_model(cfg, load_weights=False)
+    model.load_state_dict(ckpt[which] if which in ckpt else ckpt["model"])
+    return model.to(device).eval(), cfg
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[Faces, Split]:
+    """Load (or build) the tensor cache for ``cfg`` and split it."""
+    faces = load_faces(cfg.data_dir, cfg.image_size, cfg.cache_dir)
+    split = make_split(faces, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_images)
+    return faces, split
+
+
+def fit_parts(faces: Faces, split: Split, cfg: TrainConfig) -> tuple[Faces, Faces]:
+    """The (train, validation) parts for ``cfg``: train+val against test when ``train_on_val`` (final retraining)."""
+    if cfg.train_on_val:
+        import numpy as np
+
+        return faces.subset(np.concatenate([split.train, split.val])), faces.subset(split.test)
+    return faces.subset(split.train), faces.subset(split.val)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train one age/gender model on a UTKFace folder and score it.")
+    parser.add_argument("--arch", default=None, help="scratch or pretrained (default: the config's, else scratch)")
+    parser.add_argument("--data", default=None, help="folder of UTKFace crops (default: $UTKFACE_DIR)")
+    parser.add_argument("--config", default=None,
+                        help="JSON config file or preset name in experiments/configs/ (seed_a, seed_b, ...)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    parser.add_argument("--image-size", type=int, default=None, help="override the config's image size")
+    parser.add_argument("--max-images", type=int, default=None, help="train on a seeded subset of this many images")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the config's batch size")
+    parser.add_argument("--lr", type=float, default=None, help="override the config's learning rate")
+    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--weights", default=None, help="MobileNetV2 weights file (default: $MOBILENET_V2_WEIGHTS, hub cache, package)")
+    parser.add_argument("--cache-dir", default=None, help="tensor cache folder (default: $FACETUNE_CACHE or ~/.cache/facetune)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config field")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/train/<arch>-<time>)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = load_config_file(args.config) if args.config else {}
+    flags = {"arch": args.arch, "data_dir": args.data, "epochs": args.epochs, "image_size": args.image_size,
+             "max_images": args.max_images, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+             "device": args.device, "weights_path": args.weights, "cache_dir": args.cache_dir}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        values[key] = json.loads(value) if value[:1] in "[{\"" or value in ("true", "false", "null") else value
+    if not values.get("data_dir") and os.environ.get("UTKFACE_DIR"):
+        values["data_dir"] = os.environ["UTKFACE_DIR"]
+    return TrainConfig.from_dict(values)
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    (run_dir / "metrics.json").write_text(json.dumps(history, indent=1))
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def main(args: argparse.Namespace) -> int:
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg = config_from_args(args)
+    run_dir = Path(args.out or f"runs/train/{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    faces, split = prepare_data(cfg)
+    cfg.save(run_dir / "config.json")
+    split.save(run_dir / "split.json", faces)
+    train, val = fit_parts(faces, split, cfg)
+    trainer = Trainer(cfg, train, val)
+    print(f"{cfg.arch}: {count_parameters(trainer.model) / 1e6:.2f}M parameters on {trainer.device}; "
+          f"{len(train)} train / {len(val)} val / {len(split.test)} test images at {cfg.image_size}px; run folder {run_dir}")
+    writer = SummaryWriter(str(run_dir / "tb"))
+    for m in trainer.epochs():
+        for key, value in m.items():
+            if key != "epoch":
+                writer.add_scalar(key, value, m["epoch"])
+        print(f"epoch {m['epoch']:3d}/{cfg.epochs}  loss {m['train_loss']:.3f}  val acc {m['val_gender_acc']:.1%}  "
+              f"mae {m['val_age_mae']:.2f}  {METRIC} {m[METRIC]:.3f}  lr {m['lr']:.2e}"
+              f"{'  (backbone frozen)' if m['backbone_frozen'] else ''}  {m['epoch_seconds']:.1f}s "
+              f"({m['train_images_per_second']:.0f} img/s)", flush=True)
+        # retraining on train+val has no validation split to choose an epoch with: it keeps the last one
+        if trainer.best is m or cfg.train_on_val:
+            torch.save(trainer.checkpoint(), run_dir / "best.pt")
+        write_metrics(run_dir, trainer.history)
+    best_ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    model, _ = load_model(best_ckpt, trainer.device)
+    test = score(model, TensorData.from_faces(faces.subset(split.test), trainer.device), cfg.age_loss_weight)
+    test = {"best_epoch": best_ckpt["epoch"], **{f"test_{k}" if k != METRIC else k: v for k, v in test.items()},
+            "n_test": len(split.test)}
+    (run_dir / "test_metrics.json").write_text(json.dumps(test, indent=2) + "\n")
+    hparams = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+    writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in test.items()}, run_name="hparams")
+    writer.close()
+    print(f"test (best epoch {test['best_epoch']}): gender acc {test['test_gender_acc']:.1%}, "
+          f"age MAE {test['test_age_mae']:.2f}, {METRIC} {test[METRIC]:.3f}  → {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

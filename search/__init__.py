@@ -1,0 +1,1 @@
+"""Ray Tune + Optuna + ASHA search, retraining, report, export and prediction."""

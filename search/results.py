@@ -1,0 +1,97 @@
+"""What a finished search leaves behind: trials.csv, best_config.json and the console summary table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiments.config import TrainConfig
+from experiments.objective import METRIC
+
+STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED = "completed", "stopped_early", "failed"
+
+
+def _first_line(error: BaseException | str | None) -> str:
+    text = str(error).strip()
+    # Ray wraps the trial's exception; its last non-empty line is the original message
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int) -> pd.DataFrame:
+    """One row per trial: its searched config, epochs run, how it ended, best and last metrics."""
+    rows = []
+    for result in result_grid:
+        history = result.metrics_dataframe
+        last = result.metrics or {}
+        epochs = int(last.get("training_iteration", 0) or 0)
+        if result.error is not None:
+            status, reason = STATUS_FAILED, _first_line(result.error)
+        elif epochs < max_epochs:
+            status, reason = STATUS_STOPPED, f"stopped by the scheduler after epoch {epochs}"
+        else:
+            status, reason = STATUS_COMPLETED, ""
+        row: dict[str, Any] = {"trial_id": last.get("trial_id", Path(result.path).name),
+                               "status": status, "reason": reason, "epochs": epochs}
+        row.update({f"config/{k}": v for k, v in sorted(result.config.items())})
+        if history is not None and len(history) and METRIC in history:
+            best = history.loc[history[METRIC].idxmin()]
+            row.update({"best_epoch": int(best["training_iteration"]), f"best_{METRIC}": best[METRIC],
+                        "best_val_gender_acc": best["val_gender_acc"], "best_val_age_mae": best["val_age_mae"]})
+            row.update({f"last_{METRIC}": last.get(METRIC), "last_val_gender_acc": last.get("val_gender_acc"),
+                        "last_val_age_mae": last.get("val_age_mae")})
+        row["trial_path"] = result.path
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if f"best_{METRIC}" in frame:
+        frame = frame.sort_values(f"best_{METRIC}", na_position="last").reset_index(drop=True)
+    return frame
+
+
+def best_configs(trials: pd.DataFrame, base_config: dict[str, Any], k: int = 1) -> list[dict[str, Any]]:
+    """The ``k`` best trials' full configs. Trials that ran the whole budget rank first, so an early-stopped
+    trial's short-budget score is never compared as if it were final."""
+    if f"best_{METRIC}" not in trials:
+        return []
+    ranked = trials[trials["status"] != STATUS_FAILED].copy()
+    ranked["_full"] = (ranked["status"] == STATUS_COMPLETED).astype(int)
+    ranked = ranked.sort_values(["_full", f"best_{METRIC}"], ascending=[False, True]).head(k)
+    out = []
+    for _, row in ranked.iterrows():
+        searched = {c.split("/", 1)[1]: _plain(row[c]) for c in trials.columns if c.startswith("config/")}
+        config = TrainConfig.from_dict({**base_config, **searched}).to_dict()
+        out.append({"trial_id": row["trial_id"], "status": row["status"], "epochs": int(row["epochs"]),
+                    "best_epoch": int(row["best_epoch"]), METRIC: float(row[f"best_{METRIC}"]),
+                    "val_gender_acc": float(row["best_val_gender_acc"]), "val_age_mae": float(row["best_val_age_mae"]),
+                    "searched": searched, "config": config})
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def write_outputs(folder: Path, trials: pd.DataFrame, base_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Write trials.csv and best_config.json into ``folder``; return the best entry (None if every trial failed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    trials.drop(columns=["trial_path"], errors="ignore").to_csv(folder / "trials.csv", index=False)
+    best = best_configs(trials, base_config, k=1)
+    if best:
+        (folder / "best_config.json").write_text(json.dumps(best[0], indent=2) + "\n")
+    return best[0] if best else None
+
+
+def summary_table(trials: pd.DataFrame, arch: str, top: int = 10) -> str:
+    """A fixed-width table of the best trials, for the console."""
+    counts = trials["status"].value_counts().to_dict()
+    head = (f"{arch}: {len(trials)} trials — " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if f"best_{METRIC}" not in trials:
+        return head
+    searched = [c for c in trials.columns if c.startswith("config/")]
+    cols = ["trial_id", "status", "epochs", f"best_{METRIC}", "best_val_gender_acc", "best_val_age_mae"] + searched
+    view = trials[cols].head(top).copy()
+    view.columns = [c.replace("config/", "") for c in cols]
+    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:.4g}".format):
+        return head + "\n" + view.to_string(index=False)

@@ -1,0 +1,74 @@
+"""Search spaces, one per architecture, kept as data. ``search.tuning.define_by_run`` turns them into Optuna calls.
+
+Each entry maps a ``TrainConfig`` field to a distribution. ``Int(0, GRACE)`` means "0 up to the ASHA grace
+period minus one", resolved when a search starts: a pretrained trial's backbone must be unfrozen (and
+trained for at least one epoch) before ASHA's first rung judges it, or ASHA would compare frozen
+backbones with unfrozen ones and stop trials for a choice that only pays off later.
+
+Why these ranges:
+- lr 1e-4 to 5e-3, log: Adam-family rates for small CNNs; the study's 1e-3 sits in the middle.
+- weight_decay 1e-6 to 1e-2, log: from almost none to strong (decoupled, AdamW) regularisation.
+- dropout 0 to 0.6: the study's heads used dropout; above 0.6 the small dense layers starve.
+- batch_size 32/64/128: 32 is the study's; larger batches are faster on GPUs and change the noise scale.
+- age_loss_weight 0.02 to 0.5, log: balances L1 in years (≈5-15) against BCE (≈0.3-0.7); the two tasks share
+  the trunk, so the weight decides which one the features serve.
+- aug_rotate 0 to 25 degrees, aug_shift 0 to 0.15: the study's augmentation, with "none" inside the range.
+- scratch depth 3 to 6 stages, base_width 16/32/64: the study's "filter depth" (64→512 is 4 stages at 64);
+  fewer, narrower stages train much faster, so the search can find out whether the capacity pays.
+- scratch dense_units 128/256/512, pool_size 1/2/4: size of the dense layers and the map feeding them.
+- pretrained unfreeze_epoch 0 to grace−1: when the ImageNet backbone starts training (see above).
+- pretrained backbone_lr_mult 0.01 to 1, log: how gently the ImageNet features are fine-tuned.
+- pretrained dense_units 128/256/512.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GRACE = "grace_period - 1"  # symbolic upper bound, resolved at search time
+
+
+@dataclass(frozen=True)
+class Float:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Int:
+    low: int
+    high: int | str  # a number, or GRACE
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Categorical:
+    choices: tuple[Any, ...]
+
+
+COMMON = {
+    "lr": Float(1e-4, 5e-3, log=True),
+    "weight_decay": Float(1e-6, 1e-2, log=True),
+    "dropout": Float(0.0, 0.6),
+    "batch_size": Categorical((32, 64, 128)),
+    "age_loss_weight": Float(0.02, 0.5, log=True),
+    "aug_rotate": Float(0.0, 25.0),
+    "aug_shift": Float(0.0, 0.15),
+}
+
+SPACES = {
+    "scratch": {
+        "depth": Int(3, 6),
+        "base_width": Categorical((16, 32, 64)),
+        "dense_units": Categorical((128, 256, 512)),
+        "pool_size": Categorical((1, 2, 4)),
+        **COMMON,
+    },
+    "pretrained": {
+        "unfreeze_epoch": Int(0, GRACE),
+        "backbone_lr_mult": Float(0.01, 1.0, log=True),
+        "dense_units": Categorical((128, 256, 512)),
+        **COMMON,
+    },
+}

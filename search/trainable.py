@@ -1,0 +1,68 @@
+"""The Ray Tune trial: one function that trains a configuration and reports once per epoch.
+
+The faces arrive through Ray's object store (``tune.with_parameters``), already decoded on the driver, and
+the ImageNet weights travel the same way, so a worker node needs neither the data folder nor the weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from data_utils.dataset import Faces, Split
+from experiments.config import TrainConfig
+from experiments.train import NonFiniteLossError, Trainer, fit_parts
+
+CHECKPOINT_FILE = "checkpoint.pt"
+DIVERGED_FILE = "diverged.json"
+
+
+@dataclass
+class TrialData:
+    """What every trial of one search shares: decoded faces per image size, the split, ImageNet weights."""
+
+    faces: dict[int, Faces]
+    split: Split
+    imagenet_state: dict[str, torch.Tensor] | None = None
+    base_config: dict[str, Any] = field(default_factory=dict)
+
+
+def _limit_resources() -> None:
+    """Match torch's threads to the trial's CPUs and, on a shared GPU, cap the trial's share of its memory."""
+    resources = tune.get_context().get_trial_resources().required_resources
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    gpu_share = resources.get("GPU", 0)
+    if torch.cuda.is_available() and 0 < gpu_share < 1:
+        torch.cuda.set_per_process_memory_fraction(gpu_share)
+
+
+def train_trial(config: dict[str, Any], data: TrialData) -> None:
+    """Tune's trainable: overlay the trial's ``config`` on the search's base config, train, report each epoch."""
+    _limit_resources()
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    diverged = trial_dir / DIVERGED_FILE
+    if diverged.exists():
+        # a retry after divergence would diverge again from the same checkpoint; end with the original reason
+        raise NonFiniteLossError(json.loads(diverged.read_text())["reason"])
+    cfg = TrainConfig.from_dict({**data.base_config, **config})
+    faces = data.faces[cfg.image_size]
+    train, val = fit_parts(faces, data.split, cfg)
+    trainer = Trainer(cfg, train, val, imagenet_state=data.imagenet_state)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load_checkpoint(torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True))
+    try:
+        for metrics in trainer.epochs():
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(trainer.checkpoint(), os.path.join(folder, CHECKPOINT_FILE))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    except NonFiniteLossError as err:
+        diverged.write_text(json.dumps({"reason": str(err)}))
+        raise

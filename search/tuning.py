@@ -1,0 +1,153 @@
+"""Ray Tune + Optuna + ASHA for one architecture: searcher, scheduler, tuner, fresh or restored."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from experiments.objective import METRIC, MODE
+from search.spaces import GRACE, SPACES, Categorical, Float, Int
+from search.trainable import TrialData, train_trial
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchPlan:
+    """Everything one architecture's search needs, resolved from flags and presets."""
+
+    arch: str
+    experiment_dir: str  # absolute local path or URI: <storage>/<name>/<arch>
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: int
+    concurrency: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    seed: int = 0
+    scheduler: str = "asha"  # asha or fifo (no early stopping; for benchmarks)
+    max_failures: int = 2
+    space_overrides: dict[str, Any] | None = None
+    optuna_storage: str | None = None  # e.g. sqlite:////abs/path/optuna.db
+
+    @property
+    def study_name(self) -> str:
+        return f"{Path(self.experiment_dir).parent.name}-{self.arch}"
+
+
+def search_space(plan: SearchPlan) -> dict[str, Any]:
+    """The architecture's space with the preset's overrides and the symbolic bounds resolved."""
+    space = {**SPACES[plan.arch], **(plan.space_overrides or {})}
+    resolved = {}
+    for name, dist in space.items():
+        if isinstance(dist, Int) and dist.high == GRACE:
+            dist = Int(dist.low, max(dist.low, plan.grace_period - 1), dist.log)
+        resolved[name] = dist
+    return resolved
+
+
+class DefineByRun:
+    """Optuna's define-by-run function for a space of ``Float``/``Int``/``Categorical`` entries.
+
+    A class rather than a closure: Tune pickles the searcher, and with it this function, to checkpoint
+    the experiment.
+    """
+
+    def __init__(self, space: dict[str, Any]):
+        for name, dist in space.items():
+            if not isinstance(dist, (Float, Int, Categorical)):
+                raise TypeError(f"search space entry {name}: unknown distribution {dist!r}")
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        for name, dist in self.space.items():
+            if isinstance(dist, Float):
+                trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+            elif isinstance(dist, Int):
+                trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+            else:
+                trial.suggest_categorical(name, list(dist.choices))
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth about trials ASHA stopped.
+
+    Ray reports a trial that the scheduler stopped as COMPLETE with its truncated value, so TPE would rank
+    an objective measured after 2 epochs against ones measured after 100. A trial that ends without an
+    error before ``max_epochs`` was stopped by the scheduler: it is recorded as PRUNED, and Optuna keeps
+    its last reported value (every epoch is reported as an intermediate value).
+    """
+
+    def __init__(self, *args, max_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped_early = (not error and result is not None and trial_id not in self._completed_trials
+                         and result.get("training_iteration", self._max_epochs) < self._max_epochs)
+        if not stopped_early:
+            return super().on_trial_complete(trial_id, result, error)
+        try:
+            ot_trial = self._ot_trials[trial_id]
+            # Tune hands the last result to on_trial_complete only, so it is reported here as the final step
+            ot_trial.report(result[self.metric], result["training_iteration"])
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        except Exception as exc:  # Optuna refuses a second tell of the same trial after a restore
+            log.warning("could not record trial %s as pruned: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+
+def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
+    sampler = optuna.samplers.TPESampler(seed=plan.seed, multivariate=True, constant_liar=True)
+    storage = optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None
+    # a define-by-run space makes OptunaSearch ignore TuneConfig's metric and mode, so it is told directly
+    searcher = PrunedAwareOptunaSearch(space=DefineByRun(search_space(plan)), metric=METRIC, mode=MODE,
+                                       sampler=sampler, storage=storage, study_name=plan.study_name,
+                                       max_epochs=plan.max_epochs)
+    # Tune keeps just one trial pending with a searcher unless told how many may run at once
+    return ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency)
+
+
+def make_scheduler(plan: SearchPlan):
+    if plan.scheduler == "fifo":
+        return FIFOScheduler()  # every trial runs all its epochs
+    return ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=plan.max_epochs,
+                         grace_period=plan.grace_period, reduction_factor=plan.reduction_factor)
+
+
+def make_trainable(plan: SearchPlan, data: TrialData):
+    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+
+
+def make_tuner(plan: SearchPlan, data: TrialData, resume: bool) -> tune.Tuner:
+    """A new tuner, or with ``resume`` one restored from ``plan.experiment_dir`` (finished trials are kept)."""
+    trainable = make_trainable(plan, data)
+    if resume:
+        return tune.Tuner.restore(plan.experiment_dir, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    storage, name = str(Path(plan.experiment_dir).parent), Path(plan.experiment_dir).name
+    if "://" in plan.experiment_dir:
+        storage, name = plan.experiment_dir.rsplit("/", 1)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(plan), scheduler=make_scheduler(plan),
+            num_samples=plan.num_samples, max_concurrent_trials=plan.concurrency,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
+                                                    checkpoint_score_order=MODE),
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+            verbose=1,
+        ),
+    )

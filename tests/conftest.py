@@ -1,0 +1,40 @@
+"""Shared fixtures: the real 5k subset beside the project, a private tensor cache, tiny image folders."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("UTKFACE_DIR") or ROOT.parent / "shared" / "data" / "utkface-5k").resolve()
+
+
+def pytest_configure(config):
+    # Every test process shares one cache under the pytest temp root, so the 5k decode happens once per run
+    # and nothing is written to the user's ~/.cache.
+    if "FACETUNE_CACHE" not in os.environ:
+        os.environ["FACETUNE_CACHE"] = str(Path(config.rootpath) / ".cache" / "test-cache")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.fail(f"the UTKFace 5k subset is expected at {DATA_DIR} (or set UTKFACE_DIR)")
+    return DATA_DIR
+
+
+def jpeg_bytes(size=(200, 200), mode="RGB", color=(120, 80, 60), fmt="JPEG") -> bytes:
+    img = Image.new(mode, size, color if mode != "L" else 128)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def copy_real(data_dir: Path, dest: Path, names: list[str]) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        shutil.copy(data_dir / n, dest / n)

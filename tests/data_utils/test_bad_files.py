@@ -1,0 +1,75 @@
+"""Every kind of bad file is skipped or converted and counted by reason; nothing is dropped silently."""
+import pytest
+
+from conftest import jpeg_bytes
+from data_utils.dataset import NoUsableImagesError, load_faces
+
+GOOD = jpeg_bytes()
+STAMP = "20170116220224657"
+
+
+def write(folder, name, data):
+    (folder / name).write_bytes(data)
+
+
+@pytest.fixture
+def messy(tmp_path, data_dir):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    real = (data_dir / "10_0_0_20170103233459275.jpg.chip.jpg").read_bytes()
+    write(folder, f"20_0_0_{STAMP}.jpg.chip.jpg", real)  # good
+    write(folder, f"21_1_0_{STAMP}.jpg.chip.jpg", GOOD)  # good
+    write(folder, f"22_0_0_{STAMP}.jpg.chip.jpg", b"")  # empty
+    write(folder, f"23_0_0_{STAMP}.jpg.chip.jpg", real[: len(real) // 2])  # truncated
+    write(folder, f"24_0_0_{STAMP}.jpg.chip.jpg", real[:1000] + b"\xff" * 2000 + real[3000:])  # corrupt data stream
+    write(folder, f"25_0_0_{STAMP}.jpg.chip.jpg", b"this is not an image\n")  # text named .jpg
+    write(folder, "readme.txt", b"hello")  # unparsable
+    write(folder, f"0_0_0_{STAMP}.jpg.chip.jpg", GOOD)  # age out of range
+    write(folder, f"30_5_0_{STAMP}.jpg.chip.jpg", GOOD)  # gender out of range
+    write(folder, f"31_0_0_{STAMP}.jpg.chip.jpg", jpeg_bytes(mode="L"))  # grayscale
+    write(folder, f"32_1_0_{STAMP}.jpg.chip.jpg", jpeg_bytes(mode="RGBA", color=(1, 2, 3, 4), fmt="PNG"))  # RGBA
+    write(folder, f"33_1_0_{STAMP}.jpg.chip.jpg", jpeg_bytes(size=(150, 120), color=(9, 9, 9)))  # odd, non-square
+    write(folder, f"34_1_0_{STAMP}.jpg.chip.jpg", jpeg_bytes(size=(64, 64), color=(7, 7, 7)))  # odd size
+    (folder / "nested").mkdir()  # sub-folder
+    write(folder / "nested", f"35_1_0_{STAMP}.jpg.chip.jpg", GOOD)
+    # duplicates: two agreeing copies of one image, two disagreeing copies of another
+    dup = jpeg_bytes(color=(1, 200, 3))
+    write(folder, f"40_0_0_{STAMP}.jpg.chip.jpg", dup)
+    write(folder, f"40_0_0_{STAMP}1.jpg.chip.jpg", dup)
+    clash = jpeg_bytes(color=(200, 1, 3))
+    write(folder, f"41_0_0_{STAMP}.jpg.chip.jpg", clash)
+    write(folder, f"45_1_0_{STAMP}.jpg.chip.jpg", clash)
+    return folder
+
+
+def test_each_bad_kind_counted(messy, tmp_path):
+    faces = load_faces(messy, 32, cache_dir=tmp_path / "cache")
+    r = faces.report
+    assert dict(r.skipped) == {
+        "empty_file": 1, "corrupt_image": 2, "not_an_image": 1, "unparsable_name": 1,
+        "age_out_of_range": 1, "gender_out_of_range": 1, "subfolder": 1,
+    }
+    assert dict(r.converted) == {"mode_L_to_RGB": 1, "mode_RGBA_to_RGB": 1, "non_square_center_cropped": 1,
+                                 "odd_size_resized": 1}
+    assert (r.duplicate_groups, r.duplicate_copies_dropped) == (1, 1)
+    assert (r.conflicting_groups, r.conflicting_files_dropped) == (1, 2)
+    # every entry is accounted for: usable + skipped + dropped duplicates = entries seen
+    assert r.usable == 7
+    assert r.usable + sum(r.skipped.values()) + r.duplicate_copies_dropped + r.conflicting_files_dropped == r.files_seen
+    assert faces.images.shape == (7, 3, 32, 32)
+    assert sorted(faces.ages.tolist()) == [20, 21, 31, 32, 33, 34, 40]
+
+
+def test_folder_with_nothing_usable_says_what_it_found(tmp_path):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    write(folder, "a.txt", b"x")
+    write(folder, f"22_0_0_{STAMP}.jpg.chip.jpg", b"")
+    with pytest.raises(NoUsableImagesError, match=r"2 entries seen \(1 empty_file, 1 unparsable_name\)"):
+        load_faces(folder, 32, cache_dir=tmp_path / "cache")
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoUsableImagesError, match="no files at all"):
+        load_faces(tmp_path / "empty", 32, cache_dir=tmp_path / "cache")

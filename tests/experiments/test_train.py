@@ -1,0 +1,105 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from experiments.config import TrainConfig
+from experiments.train import NonFiniteLossError, Trainer, fit_parts, load_model, prepare_data, score, TensorData
+
+SMALL = {"image_size": 32, "max_images": 2000, "batch_size": 32, "depth": 3, "base_width": 16, "dense_units": 64,
+         "dropout": 0.1, "lr": 0.003, "warmup_epochs": 0, "age_loss_weight": 0.5, "epochs": 3, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def small(data_dir):
+    cfg = TrainConfig.from_dict({**SMALL, "data_dir": str(data_dir)})
+    faces, split = prepare_data(cfg)
+    return cfg, faces, split
+
+
+def test_three_epochs_beat_the_constant_predictor(small):
+    cfg, faces, split = small
+    train, val = fit_parts(faces, split, cfg)
+    trainer = Trainer(cfg, train, val)
+    history = list(trainer.epochs())
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    last = history[-1]
+    median = train.ages.float().median()
+    constant_mae = (val.ages.float() - median).abs().mean().item()
+    majority = max(val.genders.float().mean().item(), 1 - val.genders.float().mean().item())
+    assert last["val_age_mae"] < constant_mae - 1.0
+    assert last["val_gender_acc"] > majority + 0.03
+
+
+def test_checkpoint_is_plain_and_resumes_exactly(small, tmp_path):
+    cfg, faces, split = small
+    cfg = TrainConfig.from_dict({"epochs": 2, "max_images": 300}, cfg)
+    train, val = fit_parts(faces, split, cfg)
+    straight = Trainer(cfg, train, val)
+    full = list(straight.epochs())
+
+    first = Trainer(cfg, train, val)
+    next(first.epochs())
+    torch.save(first.checkpoint(), tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["config"]["arch"] == "scratch"
+    resumed = Trainer(cfg, train, val)
+    resumed.load_checkpoint(ckpt)
+    rest = list(resumed.epochs())
+    assert len(rest) == 1
+    assert rest[0]["train_loss"] == pytest.approx(full[1]["train_loss"], rel=1e-5)
+    assert rest[0]["objective"] == pytest.approx(full[1]["objective"], rel=1e-5)
+
+    model, restored_cfg = load_model(ckpt)
+    assert restored_cfg == cfg
+    data = TensorData.from_faces(val, torch.device("cpu"))
+    first.model.eval()
+    assert score(model, data, 0.5) == pytest.approx(score(first.model, data, 0.5))
+
+
+def test_divergence_raises_a_clear_error(small):
+    cfg, faces, split = small
+    cfg = TrainConfig.from_dict({"optimizer": "sgd", "lr": 1e12, "grad_clip": 0.0, "max_images": 200, "epochs": 3}, cfg)
+    train, val = fit_parts(faces, split, cfg)
+    with pytest.raises(NonFiniteLossError, match="diverged"):
+        list(Trainer(cfg, train, val).epochs())
+
+
+def test_pretrained_unfreezes_on_schedule(small):
+    cfg, faces, split = small
+    cfg = TrainConfig.from_dict({"arch": "pretrained", "unfreeze_epoch": 1, "epochs": 2, "max_images": 200,
+                                 "image_size": 64}, cfg)
+    train, val = fit_parts(faces, split, cfg)
+    trainer = Trainer(cfg, train, val)
+    frozen_weight = trainer.model.backbone[0][0].weight.detach().clone()
+    m1 = next(trainer.epochs())
+    assert m1["backbone_frozen"] == 1 and torch.equal(trainer.model.backbone[0][0].weight, frozen_weight)
+    m2 = next(trainer.epochs())
+    assert m2["backbone_frozen"] == 0 and not torch.equal(trainer.model.backbone[0][0].weight, frozen_weight)
+
+
+def test_cli_writes_a_complete_run_folder(data_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "experiments/train.py", "--arch", "scratch", "--data", str(data_dir), "--epochs", "2",
+           "--image-size", "32", "--max-images", "200", "--set", "depth=2", "base_width=8", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "epoch   2/2" in result.stdout and "test (best epoch" in result.stdout
+    for name in ("config.json", "split.json", "metrics.csv", "metrics.json", "best.pt", "test_metrics.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["depth"] == 2 and cfg["data_dir"] == str(data_dir)
+    test = json.loads((out / "test_metrics.json").read_text())
+    assert test["n_test"] == len(json.loads((out / "split.json").read_text())["test"])
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["epoch"] == test["best_epoch"]
+
+
+def test_cli_bad_input_fails_with_a_message(tmp_path):
+    cmd = [sys.executable, "experiments/train.py", "--data", str(tmp_path / "missing"), "--epochs", "1"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "does not exist" in result.stderr
