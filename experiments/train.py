@@ -213,6 +213,9 @@ class Trainer:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             val = score(self.model, self.val_data, self.cfg.age_loss_weight)
+            if not all(math.isfinite(v) for v in val.values()):
+                raise NonFiniteLossError(f"validation metrics became non-finite in epoch {self.epoch + 1} ({val}); "
+                                         "the configuration diverged")
             self.epoch += 1
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(val[METRIC])

@@ -36,8 +36,9 @@ def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int) -> pd.
         row: dict[str, Any] = {"trial_id": last.get("trial_id", Path(result.path).name),
                                "status": status, "reason": reason, "epochs": epochs}
         row.update({f"config/{k}": v for k, v in sorted(result.config.items())})
-        if history is not None and len(history) and METRIC in history:
-            best = history.loc[history[METRIC].idxmin()]
+        scored = history.dropna(subset=[METRIC]) if history is not None and METRIC in history else None
+        if scored is not None and len(scored):
+            best = scored.loc[scored[METRIC].idxmin()]
             row.update({"best_epoch": int(best["training_iteration"]), f"best_{METRIC}": best[METRIC],
                         "best_val_gender_acc": best["val_gender_acc"], "best_val_age_mae": best["val_age_mae"]})
             row.update({f"last_{METRIC}": last.get(METRIC), "last_val_gender_acc": last.get("val_gender_acc"),

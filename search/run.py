@@ -175,6 +175,18 @@ def check_address(address: str) -> None:
                          "`ray start --head` or fix --address") from None
 
 
+def prefer_token_auth() -> None:
+    """Send this machine's Ray token when joining a cluster.
+
+    Clusters started with Ray 2.60's `ray start` use token authentication by default, but a client only
+    sends its token when RAY_AUTH_MODE says so, and Ray reads that variable once, when it is imported.
+    """
+    has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+        Path("~/.ray/auth_token").expanduser().is_file()
+    if has_token and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def connect_ray(args: argparse.Namespace) -> dict[str, float]:
     """Start a local Ray instance or join ``--address``; returns the cluster's resources."""
     import ray
@@ -191,7 +203,8 @@ def connect_ray(args: argparse.Namespace) -> dict[str, float]:
         try:
             ray.init(address=args.address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
         except ConnectionError as err:
-            raise UsageError(f"cannot connect to the Ray cluster at {args.address}: {err}") from None
+            raise UsageError(f"cannot connect to the Ray cluster at {args.address}: {err}. If it uses token "
+                             "authentication, put its token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
     else:
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
     return ray.cluster_resources()
@@ -243,7 +256,7 @@ def run_search(s: Settings, args: argparse.Namespace, arch: str, data, gpus_per_
     from ray import tune
 
     from search.results import summary_table, trial_rows, write_outputs
-    from search.tuning import SearchPlan, make_tuner
+    from search.tuning import SearchPlan, close_stale_trials, make_tuner
 
     local = s.local_root / arch
     local.mkdir(parents=True, exist_ok=True)
@@ -257,6 +270,9 @@ def run_search(s: Settings, args: argparse.Namespace, arch: str, data, gpus_per_
           f"{concurrency} at a time ({args.cpus_per_trial:g} CPU, {gpus_per_trial:g} GPU each) → {plan.experiment_dir}",
           flush=True)
     grid = make_tuner(plan, data, resume).fit()
+    stale = close_stale_trials(plan)
+    if stale:
+        print(f"note: {stale} Optuna trial(s) asked for before the interruption never ran; marked failed in the study")
     trials = trial_rows(grid, data.base_config, s.max_epochs)
     best = write_outputs(local, trials, data.base_config)
     print(summary_table(trials, arch), flush=True)
@@ -267,6 +283,8 @@ def run_search(s: Settings, args: argparse.Namespace, arch: str, data, gpus_per_
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.address:
+        prefer_token_auth()
     from data_utils.dataset import NoUsableImagesError, Split, load_faces, make_split
 
     try:

@@ -151,3 +151,19 @@ def make_tuner(plan: SearchPlan, data: TrialData, resume: bool) -> tune.Tuner:
             verbose=1,
         ),
     )
+
+
+def close_stale_trials(plan: SearchPlan) -> int:
+    """Mark Optuna trials left RUNNING as FAIL once Tune has finished; returns how many.
+
+    After a driver is killed, the restored searcher comes from Tune's last saved state, so a trial it
+    asked Optuna for after that save stays RUNNING in the study although Tune never ran it.
+    """
+    if not plan.optuna_storage:
+        return 0
+    storage = optuna.storages.RDBStorage(plan.optuna_storage)
+    study = optuna.load_study(study_name=plan.study_name, storage=storage)
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    return len(stale)

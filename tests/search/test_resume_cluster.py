@@ -1,0 +1,104 @@
+"""A search survives its driver being killed, and runs on an existing Ray cluster reached with --address."""
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from conftest import ROOT
+from test_search import TINY, run_cli
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def finished_in_study(db: Path, study: str) -> int:
+    if not db.exists():
+        return 0
+    try:
+        trials = optuna.load_study(study_name=study, storage=f"sqlite:///{db}").trials
+    except Exception:  # the study is not created yet
+        return 0
+    return sum(t.state.is_finished() for t in trials)
+
+
+def terminated_trials(experiment: Path) -> dict[str, str]:
+    """trial_id → its result.json text, for the trials Tune's last saved state calls TERMINATED."""
+    states = sorted(glob.glob(str(experiment / "experiment_state-*.json")), key=os.path.getmtime)
+    if not states:
+        return {}
+    out = {}
+    for meta, _ in json.loads(Path(states[-1]).read_text())["trial_data"]:
+        trial = json.loads(meta)
+        if trial["status"] == "TERMINATED":
+            folder = next(experiment.glob(f"train_trial_{trial['trial_id']}_*"))
+            out[trial["trial_id"]] = (folder / "result.json").read_text()
+    return out
+
+
+def test_resume_after_the_driver_is_killed(data_dir, tmp_path):
+    args = ["--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "killed",
+            "--num-samples", "6", "--concurrency", "1", *TINY]
+    cmd = [sys.executable, "search/run.py", *map(str, args)]
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
+    experiment = tmp_path / "killed" / "scratch"
+    try:
+        deadline = time.time() + 300
+        while finished_in_study(experiment / "optuna.db", "killed-scratch") < 2:
+            assert driver.poll() is None, "the search ended before it could be interrupted"
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+        time.sleep(1.5)  # let Tune save its state once more, as it does every second here
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        try:  # the local Ray processes the driver started
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    before = terminated_trials(experiment)
+    assert 1 <= len(before) < 6
+
+    result = run_cli(*args, "--resume")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resuming 6 trials" in result.stdout
+    trials = pd.read_csv(experiment / "trials.csv")
+    assert len(trials) == 6 and (trials["status"] != "failed").all()
+    for trial_id, text in before.items():  # finished trials are kept as they were, never re-run
+        folder = next(experiment.glob(f"train_trial_{trial_id}_*"))
+        assert (folder / "result.json").read_text() == text
+    study = optuna.load_study(study_name="killed-scratch", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_existing_local_cluster_reached_with_address(data_dir, tmp_path):
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    start = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                            f"--temp-dir={temp_dir}"], capture_output=True, text=True, env=env, timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        result = run_cli("--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "cluster",
+                         "--num-samples", "2", "--address", f"127.0.0.1:{port}", *TINY)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        trials = pd.read_csv(tmp_path / "cluster" / "scratch" / "trials.csv")
+        assert len(trials) == 2 and (trials["status"] != "failed").all()
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""Whole searches on real images: ASHA stops trials and Optuna records them as pruned; TensorBoard; outputs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+
+TINY = ["--preset", "quick", "--image-size", "32", "--max-images", "300", "--max-epochs", "3", "--grace-period", "1",
+        "--reduction-factor", "3", "--set", "batch_size=32"]
+
+
+def run_cli(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "search/run.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory, data_dir):
+    """A finished search of both architectures, shared by the tests that read its outputs."""
+    storage = tmp_path_factory.mktemp("runs")
+    result = run_cli("--arch", "both", "--data", data_dir, "--storage-path", storage, "--name", "tiny",
+                     "--num-samples", "5", *TINY)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return storage / "tiny", result
+
+
+@pytest.mark.parametrize("arch", ["scratch", "pretrained"])
+def test_asha_stops_trials_and_optuna_records_them_pruned(tiny_search, arch):
+    folder, _ = tiny_search
+    trials = pd.read_csv(folder / arch / "trials.csv")
+    assert len(trials) == 5
+    stopped = trials[trials["status"] == "stopped_early"]
+    assert len(stopped) >= 1 and (stopped["epochs"] < 3).all()
+    assert (trials[trials["status"] == "completed"]["epochs"] == 3).all()
+    study = optuna.load_study(study_name=f"tiny-{arch}", storage=f"sqlite:///{folder / arch / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(stopped)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == (trials["status"] == "completed").sum()
+    for t in study.trials:
+        if t.state == optuna.trial.TrialState.PRUNED:
+            # a pruned trial keeps the value it had when it was stopped, at the epoch it was stopped
+            last_step = max(t.intermediate_values)
+            assert t.value == pytest.approx(t.intermediate_values[last_step])
+            assert last_step in set(stopped["epochs"])
+
+
+def test_outputs_and_tensorboard(tiny_search):
+    folder, result = tiny_search
+    assert f"tensorboard --logdir {folder}" in result.stdout
+    for arch in ("scratch", "pretrained"):
+        best = json.loads((folder / arch / "best_config.json").read_text())
+        trials = pd.read_csv(folder / arch / "trials.csv")
+        top = trials[trials["status"] == "completed"].sort_values("best_objective").iloc[0]
+        assert best["trial_id"] == top["trial_id"] and best["objective"] == pytest.approx(top["best_objective"])
+        assert best["config"]["arch"] == arch and best["config"]["epochs"] == 3
+        assert {"config/lr", "config/dropout", "best_val_gender_acc", "last_val_age_mae", "reason"} <= set(trials)
+        events = list((folder / arch).glob("train_trial_*/events.out.tfevents.*"))
+        assert len(events) == 5
+    assert "unfreeze_epoch" in pd.read_csv(folder / "pretrained" / "trials.csv").columns.str.replace("config/", "").tolist()
+    assert json.loads((folder / "split.json").read_text())["counts"]["test"] == 45
+
+
+def test_rerun_without_resume_refuses(tiny_search, data_dir):
+    folder, _ = tiny_search
+    result = run_cli("--arch", "scratch", "--data", data_dir, "--storage-path", folder.parent, "--name", "tiny", *TINY)
+    assert result.returncode == 2 and "already exists; pass --resume" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "resnet"], "invalid choice: 'resnet'"),
+    (["--data", "/nonexistent/faces"], "does not exist"),
+    (["--num-samples", "0"], "--num-samples must be at least 1"),
+    (["--grace-period", "9", "--max-epochs", "3"], "--grace-period 9 must be between 1 and --max-epochs 3"),
+    (["--gpus-per-trial", "1"], "the Ray cluster has no GPUs"),
+    (["--address", "127.0.0.1:9"], "cannot reach a Ray cluster at 127.0.0.1:9"),
+    (["--address", "nonsense"], "is not auto, host:port or ray://host:port"),
+    (["--set", "learning_rate=1"], "unknown config key"),
+])
+def test_bad_input_is_one_clear_line(args, message, data_dir, tmp_path):
+    result = run_cli("--data", data_dir, "--storage-path", tmp_path, *TINY, *args, timeout=180)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_empty_data_folder_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("--data", tmp_path / "empty", "--storage-path", tmp_path, *TINY, timeout=120)
+    assert result.returncode == 2 and "is empty" in result.stderr

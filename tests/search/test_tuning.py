@@ -1,0 +1,90 @@
+"""The search's building blocks: the unfreeze/grace rule, pruned bookkeeping, failing trials."""
+import optuna
+import pytest
+import ray
+
+from data_utils.dataset import load_faces, make_split
+from experiments.config import TrainConfig
+from search.results import trial_rows
+from search.spaces import GRACE, SPACES, Categorical, Float, Int
+from search.trainable import TrialData
+from search.tuning import DefineByRun, PrunedAwareOptunaSearch, SearchPlan, make_tuner, search_space
+
+
+def plan(arch="scratch", **kw):
+    values = dict(arch=arch, experiment_dir="/tmp/x/y/" + arch, num_samples=4, max_epochs=10, grace_period=4,
+                  reduction_factor=2, concurrency=1, cpus_per_trial=1, gpus_per_trial=0)
+    values.update(kw)
+    return SearchPlan(**values)
+
+
+@pytest.mark.parametrize("grace", [1, 3, 5])
+def test_unfreeze_epoch_is_tied_to_the_grace_period(grace):
+    assert SPACES["pretrained"]["unfreeze_epoch"] == Int(0, GRACE)
+    space = search_space(plan("pretrained", grace_period=grace))
+    assert space["unfreeze_epoch"] == Int(0, grace - 1)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        DefineByRun(space)(trial)
+        # at ASHA's first rung (epoch `grace`) the backbone has trained unfrozen for at least one epoch
+        assert trial.params["unfreeze_epoch"] <= grace - 1
+        study.tell(trial, 1.0)
+
+
+def test_spaces_are_valid_config_keys_and_cover_the_required_dimensions():
+    fields = set(TrainConfig().to_dict())
+    for arch, space in SPACES.items():
+        assert set(space) <= fields, arch
+        assert {"dropout", "lr"} <= set(space)
+    assert "depth" in SPACES["scratch"] and SPACES["scratch"]["lr"] == Float(1e-4, 5e-3, log=True)
+
+
+def test_unknown_distribution_is_rejected():
+    with pytest.raises(TypeError, match="unknown distribution"):
+        DefineByRun({"lr": (0.1, 0.2)})
+
+
+def test_stopped_trials_are_pruned_with_their_last_value():
+    searcher = PrunedAwareOptunaSearch(space=DefineByRun({"lr": Float(1e-4, 1e-2, log=True)}), metric="objective",
+                                       mode="min", max_epochs=10)
+    searcher.set_search_properties(None, None, {})
+    for trial_id in ("stopped", "full", "crashed"):
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, {"objective": 2.0, "training_iteration": 1})
+    searcher.on_trial_complete("stopped", {"objective": 1.5, "training_iteration": 2})
+    searcher.on_trial_complete("full", {"objective": 0.9, "training_iteration": 10})
+    searcher.on_trial_complete("crashed", None, error=True)
+    stopped, full, crashed = searcher._ot_study.trials
+    assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.value == 1.5
+    assert stopped.intermediate_values == {1: 2.0, 2: 1.5}
+    assert full.state == optuna.trial.TrialState.COMPLETE and full.value == 0.9
+    assert crashed.state == optuna.trial.TrialState.FAIL
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_raising_and_diverging_trials_do_not_end_the_search(local_ray, data_dir, tmp_path):
+    base = TrainConfig.from_dict({"data_dir": str(data_dir), "image_size": 32, "max_images": 200, "epochs": 2,
+                                  "depth": 2, "base_width": 8, "dense_units": 16, "batch_size": 32,
+                                  "optimizer": "sgd", "grad_clip": 0.0}).to_dict()
+    faces = load_faces(data_dir, 32)
+    data = TrialData(faces={32: faces}, split=make_split(faces, max_images=200), base_config=base)
+    # lr 1e13 diverges (NaN); a negative lr makes the trial raise before it trains
+    p = plan(experiment_dir=str(tmp_path / "exp" / "scratch"), num_samples=8, max_epochs=2, grace_period=2,
+             concurrency=2, max_failures=1, scheduler="fifo", seed=3,
+             space_overrides={"lr": Categorical((1e-3, 1e13, -1.0))})
+    grid = make_tuner(p, data, resume=False).fit()
+    rows = trial_rows(grid, base, max_epochs=2)
+    assert len(rows) == 8
+    diverged = rows["reason"].str.contains("diverged", na=False)
+    raised = rows["reason"].str.contains("lr must be positive", na=False)
+    assert diverged.any() and raised.any()
+    assert (rows.loc[diverged | raised, "status"] == "failed").all()
+    assert (rows["status"] == "completed").sum() == (~(diverged | raised)).sum() >= 1
+    assert (rows.loc[rows["status"] == "completed", "config/lr"] == 1e-3).all()
