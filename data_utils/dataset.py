@@ -33,7 +33,7 @@ class Faces:
         return len(self.names)
 
     def subset(self, index: np.ndarray | list[int]) -> "Faces":
-        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        idx = torch.tensor(np.asarray(index, dtype=np.int64))  # a copy: arrays from Ray's object store are read-only
         return Faces(self.images[idx], self.ages[idx], self.genders[idx], [self.names[i] for i in idx.tolist()],
                      [self.sha256[i] for i in idx.tolist()], self.report, self.cache_path)
 

@@ -182,7 +182,7 @@ class Trainer:
         self.model.freeze_backbone(self.backbone_frozen_now)
         self.model.train()
         perm = torch.randperm(len(data), device=self.device)
-        totals = torch.zeros(3, device=self.device)
+        totals = torch.zeros(4, device=self.device)
         for step in range(self.steps_per_epoch):
             idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
             x = augment_batch(to_input(data.images[idx], self.cuda), self.augment)
@@ -196,12 +196,13 @@ class Trainer:
             self.optimizer.step()
             if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
                 self.scheduler.step()
-            totals += torch.stack([loss.detach(), bce.detach(), l1.detach()])
-        train_loss, _, train_mae = (totals / self.steps_per_epoch).tolist()
+            correct = ((logit.detach() > 0).float() == data.genders[idx]).float().mean()
+            totals += torch.stack([loss.detach(), bce.detach(), l1.detach(), correct])
+        train_loss, _, train_mae, train_acc = (totals / self.steps_per_epoch).tolist()
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(f"training loss became {train_loss} in epoch {self.epoch + 1} "
                                      f"(lr={cfg.lr:g}, optimizer={cfg.optimizer}); the configuration diverged")
-        return {"train_loss": train_loss, "train_age_mae": train_mae}
+        return {"train_loss": train_loss, "train_gender_acc": train_acc, "train_age_mae": train_mae}
 
     def epochs(self) -> Iterator[dict[str, float]]:
         """Train the remaining epochs; after each, yield its metrics (validation ones prefixed ``val_``)."""

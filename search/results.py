@@ -13,7 +13,8 @@ from experiments.objective import METRIC
 STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED = "completed", "stopped_early", "failed"
 
 
-def _first_line(error: BaseException | str | None) -> str:
+def error_reason(error: BaseException | str | None) -> str:
+    """The original message of a trial's error, on one line."""
     text = str(error).strip()
     # Ray wraps the trial's exception; its last non-empty line is the original message
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -28,7 +29,7 @@ def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int) -> pd.
         last = result.metrics or {}
         epochs = int(last.get("training_iteration", 0) or 0)
         if result.error is not None:
-            status, reason = STATUS_FAILED, _first_line(result.error)
+            status, reason = STATUS_FAILED, error_reason(result.error)
         elif epochs < max_epochs:
             status, reason = STATUS_STOPPED, f"stopped by the scheduler after epoch {epochs}"
         else:

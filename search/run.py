@@ -16,6 +16,7 @@ if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os
     sys.path[0] = os.path.dirname(sys.path[0])  # import the project's packages, not sibling files
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -25,8 +26,14 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+# Tune warns on every experiment snapshot that a per-epoch checkpoint forces; with one checkpoint an epoch
+# that is the design, not a bottleneck
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
 ARCH_CHOICES = ("scratch", "pretrained", "both")
 PRESET_NAMES = ("quick", "full")
+STAGES = ("all", "search", "retrain", "report")
+SETTINGS_FILE = "search_settings.json"
 
 
 class UsageError(ValueError):
@@ -45,6 +52,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", default="runs",
                    help="where experiments live: a local folder, a shared filesystem, or an s3:// / gs:// URI")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same --name")
+    p.add_argument("--stage", default="all", choices=STAGES,
+                   help="all: search, retrain, report; or one stage against an existing experiment")
+    p.add_argument("--top-k", type=int, default=None, help="configurations retrained after the search (preset's if unset)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per retrained configuration (preset's if unset)")
     p.add_argument("--num-samples", type=int, default=None, help="trials per architecture (preset's if unset)")
     p.add_argument("--max-epochs", type=int, default=None, help="epochs a trial may run; ASHA's max_t (preset's if unset)")
     p.add_argument("--grace-period", type=int, default=None, help="epochs before ASHA may stop a trial (preset's if unset)")
@@ -97,10 +108,24 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     from data_utils.dataset import resolve_data_dir
     from search.presets import PRESETS
 
-    preset = PRESETS[args.preset]
+    preset = dict(PRESETS[args.preset])
+    name = args.name or args.preset
+    if "://" in args.storage_path:
+        storage, local_root = args.storage_path.rstrip("/"), (Path("runs") / name).resolve()
+    else:
+        storage = str(Path(args.storage_path).expanduser().resolve())
+        local_root = Path(storage) / name
+    saved = {}
+    if args.stage in ("retrain", "report"):
+        # a later stage reuses the experiment's own data and budgets, whatever the preset says now
+        if not (local_root / SETTINGS_FILE).is_file():
+            raise UsageError(f"no experiment at {local_root}; run the search stage first or fix --name/--storage-path")
+        saved = json.loads((local_root / SETTINGS_FILE).read_text())
+        preset.update({k: saved[k] for k in ("num_samples", "max_epochs", "grace_period", "reduction_factor",
+                                             "image_size", "max_images", "retrain_top_k", "retrain_seeds")})
     pick = lambda flag, key: preset[key] if flag is None else flag  # noqa: E731
     try:
-        data_dir = resolve_data_dir(args.data)
+        data_dir = resolve_data_dir(args.data or saved.get("data_dir"))
     except ValueError as err:
         raise UsageError(str(err)) from None
     if not data_dir.is_dir():
@@ -109,12 +134,12 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         raise UsageError(f"data folder {data_dir} is empty; pass --data DIR with UTKFace crops in it")
     s = Settings(
         archs=["scratch", "pretrained"] if args.arch == "both" else [args.arch],
-        data_dir=data_dir, name=args.name or args.preset, storage="", local_root=Path(), preset=args.preset,
+        data_dir=data_dir, name=name, storage=storage, local_root=local_root, preset=args.preset,
         num_samples=pick(args.num_samples, "num_samples"), max_epochs=pick(args.max_epochs, "max_epochs"),
         grace_period=pick(args.grace_period, "grace_period"),
         reduction_factor=pick(args.reduction_factor, "reduction_factor"),
         image_size=pick(args.image_size, "image_size"), max_images=pick(args.max_images, "max_images"),
-        retrain_top_k=preset["retrain_top_k"], retrain_seeds=preset["retrain_seeds"],
+        retrain_top_k=pick(args.top_k, "retrain_top_k"), retrain_seeds=pick(args.seeds, "retrain_seeds"),
         space_overrides=preset["space_overrides"],
     )
     if s.num_samples < 1:
@@ -132,12 +157,9 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
     if args.concurrency is not None and args.concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
-    if "://" in args.storage_path:
-        s.storage = args.storage_path.rstrip("/")
-        s.local_root = (Path("runs") / s.name).resolve()
-    else:
-        s.storage = str(Path(args.storage_path).expanduser().resolve())
-        s.local_root = Path(s.storage) / s.name
+    if s.retrain_top_k < 1 or s.retrain_seeds < 1:
+        raise UsageError(f"--top-k and --seeds must be at least 1, got {s.retrain_top_k} and {s.retrain_seeds}")
+    s.base_overrides = dict(saved.get("base_overrides", {}))
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -265,6 +287,7 @@ def run_search(s: Settings, args: argparse.Namespace, arch: str, data, gpus_per_
                       concurrency=concurrency, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                       seed=args.seed, scheduler=args.scheduler, max_failures=args.max_failures,
                       space_overrides=s.space_overrides.get(arch), optuna_storage=f"sqlite:///{local / 'optuna.db'}")
+    (local / "search_plan.json").write_text(json.dumps(dataclasses.asdict(plan), indent=2, default=str) + "\n")
     resume = args.resume and tune.Tuner.can_restore(plan.experiment_dir)
     print(f"\n== {arch}: {'resuming' if resume else 'starting'} {s.num_samples} trials × ≤{s.max_epochs} epochs, "
           f"{concurrency} at a time ({args.cpus_per_trial:g} CPU, {gpus_per_trial:g} GPU each) → {plan.experiment_dir}",
@@ -282,45 +305,90 @@ def run_search(s: Settings, args: argparse.Namespace, arch: str, data, gpus_per_
     return trials
 
 
+def run_retrain(s: Settings, args: argparse.Namespace, arch: str, data, gpus_per_trial: float, concurrency: int):
+    """Retrain the search's top configurations with several seeds and score them on the test split."""
+    import pandas as pd
+    from ray import tune
+
+    from search.results import best_configs
+    from search.retrain import RetrainData, collect, make_retrain_tuner, write_retrain_outputs
+
+    trials_csv = s.local_root / arch / "trials.csv"
+    if not trials_csv.is_file():
+        print(f"{arch}: no search results at {trials_csv}; nothing to retrain")
+        return None
+    picked = best_configs(pd.read_csv(trials_csv), data.base_config, k=s.retrain_top_k)
+    if not picked:
+        print(f"{arch}: every search trial failed; nothing to retrain")
+        return None
+    configs = [p["config"] for p in picked]
+    seeds = list(range(s.retrain_seeds))
+    experiment = f"{s.storage}/{s.name}/{arch}-retrain"
+    resume = tune.Tuner.can_restore(experiment)
+    print(f"\n== {arch}: {'resuming' if resume else 'starting'} retraining of the top {len(configs)} configuration(s) "
+          f"× {len(seeds)} seed(s) on train+val for {configs[0]['epochs']} epochs → {experiment}", flush=True)
+    tuner = make_retrain_tuner(experiment, RetrainData(data, configs), seeds, args.cpus_per_trial, gpus_per_trial,
+                               max(1, min(concurrency, len(configs) * len(seeds))), resume)
+    runs, predictions = collect(tuner.fit(), configs)
+    best = write_retrain_outputs(s.local_root / f"{arch}-retrain", configs, picked, runs, predictions)
+    if best:
+        print(f"{arch}: marked model (rank {best['rank'] + 1}, seed {best['seed']}): test gender acc "
+              f"{best['test_gender_acc']:.1%}, age MAE {best['test_age_mae']:.2f}")
+    return best
+
+
 def main(args: argparse.Namespace) -> int:
     if args.address:
         prefer_token_auth()
     from data_utils.dataset import NoUsableImagesError, Split, load_faces, make_split
 
+    searching = args.stage in ("all", "search")
     try:
         s = resolve_settings(args)
-        for arch in s.archs:
-            if experiment_exists(s, arch) and not args.resume:
-                raise UsageError(f"experiment {s.storage}/{s.name}/{arch} already exists; pass --resume to continue "
-                                 "it or --name NEW to start another")
+        split_path = s.local_root / "split.json"
+        if searching and not args.resume:
+            for arch in s.archs:
+                if experiment_exists(s, arch):
+                    raise UsageError(f"experiment {s.storage}/{s.name}/{arch} already exists; pass --resume to "
+                                     "continue it or --name NEW to start another")
+        if not searching and not split_path.is_file():
+            raise UsageError(f"no split at {split_path}; run the search stage first")
         faces = load_faces(s.data_dir, s.image_size, args.cache_dir)
     except (UsageError, NoUsableImagesError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     s.local_root.mkdir(parents=True, exist_ok=True)
-    split_path = s.local_root / "split.json"
     base = base_config(s, args, s.archs[0])
-    if args.resume and split_path.exists():
+    if split_path.exists() and (args.resume or not searching):
         split = Split.load(split_path, faces)
     else:
         split = make_split(faces, base["val_fraction"], base["test_fraction"], base["split_seed"], s.max_images)
         split.save(split_path, faces)
-    (s.local_root / "search_settings.json").write_text(json.dumps({
-        "command": shlex.join([sys.executable] + sys.argv), **{k: str(v) if isinstance(v, Path) else v
-                                                               for k, v in vars(s).items() if k != "space_overrides"},
-        "args": vars(args)}, indent=2, default=str) + "\n")
+    if searching and not (args.resume and (s.local_root / SETTINGS_FILE).exists()):
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(s).items() if k != "space_overrides"}
+        settings.update(command=shlex.join([sys.executable] + sys.argv), args=vars(args))
+        (s.local_root / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, default=str) + "\n")
     print(f"data: {faces.report.usable} usable images in {s.data_dir} ({sum(faces.report.skipped.values())} skipped); "
           f"split {len(split.train)}/{len(split.val)}/{len(split.test)} at {s.image_size}px")
-    print(f"watch the trials: tensorboard --logdir {s.storage}/{s.name}", flush=True)
-    try:
-        resources = connect_ray(args)
-        gpus_per_trial, concurrency = plan_resources(args, resources, s.num_samples)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for arch in s.archs:
-        data = prepare_trial_data(s, args, arch, {s.image_size: faces}, split)
-        run_search(s, args, arch, data, gpus_per_trial, concurrency)
+    if args.stage != "report":
+        print(f"watch the trials: tensorboard --logdir {s.storage}/{s.name}", flush=True)
+        try:
+            resources = connect_ray(args)
+            gpus_per_trial, concurrency = plan_resources(args, resources, s.num_samples)
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for arch in s.archs:
+            data = prepare_trial_data(s, args, arch, {s.image_size: faces}, split)
+            if searching:
+                run_search(s, args, arch, data, gpus_per_trial, concurrency)
+            if args.stage in ("all", "retrain"):
+                run_retrain(s, args, arch, data, gpus_per_trial, concurrency)
+    if args.stage in ("all", "report"):
+        from search.report import write_report
+
+        report = write_report(s.local_root, faces, split)
+        print(f"\nreport: {report / 'report.md'} and {report / 'report.html'}")
     print(f"\nexperiment folder: {s.local_root}\nTensorBoard: tensorboard --logdir {s.storage}/{s.name}")
     return 0
 

@@ -33,7 +33,7 @@ class TrialData:
     base_config: dict[str, Any] = field(default_factory=dict)
 
 
-def _limit_resources() -> None:
+def limit_resources() -> None:
     """Match torch's threads to the trial's CPUs and, on a shared GPU, cap the trial's share of its memory."""
     resources = tune.get_context().get_trial_resources().required_resources
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
@@ -44,7 +44,7 @@ def _limit_resources() -> None:
 
 def train_trial(config: dict[str, Any], data: TrialData) -> None:
     """Tune's trainable: overlay the trial's ``config`` on the search's base config, train, report each epoch."""
-    _limit_resources()
+    limit_resources()
     trial_dir = Path(tune.get_context().get_trial_dir())
     diverged = trial_dir / DIVERGED_FILE
     if diverged.exists():

@@ -1,0 +1,455 @@
+"""The comparison report of an experiment: ``report/report.md``, a self-contained ``report/report.html``, PNGs.
+
+Everything is read back from the experiment folder (trials.csv, the trials' progress.csv, the Optuna
+study, the retraining results), so the report can be rebuilt at any time with ``--stage report``.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from data_utils.dataset import Faces, Split  # noqa: E402
+from data_utils.scan import AGE_BANDS, age_band  # noqa: E402
+from experiments.config import TrainConfig, load_config_file  # noqa: E402
+from experiments.objective import METRIC, REFERENCE_AGE_MAE, REFERENCE_GENDER_ERROR  # noqa: E402
+from models import build_model, count_parameters  # noqa: E402
+
+ARCHS = ("scratch", "pretrained")
+LABELS = {"scratch": "Model A (scratch CNN)", "pretrained": "Model B (pretrained MobileNetV2)"}
+STUDY = {"scratch": ("86–87%", "6–6.5", "seed_a"), "pretrained": ("82–83%", "8–8.5", "seed_b")}
+SECTIONS = ("1. Headline", "2. Best configurations", "3. Learning curves", "4. All trials",
+            "5. Hyperparameter importance", "6. Error analysis (test split)", "7. Environment and reproduction")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a document rendered twice: Markdown and one self-contained HTML page
+
+
+@dataclass
+class Doc:
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def para(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, frame: pd.DataFrame) -> None:
+        self.blocks.append(("table", frame))
+
+    def image(self, path: Path, alt: str) -> None:
+        self.blocks.append(("img", (path, alt)))
+
+    def code(self, text: str) -> None:
+        self.blocks.append(("code", text))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                out.append("#" * value[0] + " " + value[1])
+            elif kind == "p":
+                out.append(value)
+            elif kind == "table":
+                cells = [[str(c) for c in value.columns]] + [[_fmt(v) for v in row] for row in value.itertuples(index=False)]
+                out.append("\n".join(["| " + " | ".join(cells[0]) + " |", "|" + " --- |" * len(cells[0])]
+                                     + ["| " + " | ".join(r) + " |" for r in cells[1:]]))
+            elif kind == "img":
+                out.append(f"![{value[1]}]({value[0].name})")
+            else:
+                out.append("```\n" + value + "\n```")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        body = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                body.append(f"<h{value[0]}>{html.escape(value[1])}</h{value[0]}>")
+            elif kind == "p":
+                body.append(f"<p>{html.escape(value)}</p>")
+            elif kind == "table":
+                head = "".join(f"<th>{html.escape(str(c))}</th>" for c in value.columns)
+                rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                               for row in value.itertuples(index=False))
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            elif kind == "img":
+                data = base64.b64encode(value[0].read_bytes()).decode()
+                body.append(f'<img alt="{html.escape(value[1])}" src="data:image/png;base64,{data}">')
+            else:
+                body.append(f"<pre>{html.escape(value)}</pre>")
+        style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+                 "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
+                 "padding:4px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%;margin:1em 0}"
+                 "pre{background:#f6f6f6;padding:1em;overflow-x:auto}")
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return "—"
+        return f"{value:.4g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading an experiment back
+
+
+@dataclass
+class ArchResults:
+    arch: str
+    trials: pd.DataFrame
+    histories: dict[str, pd.DataFrame]
+    plan: dict[str, Any]
+    study: optuna.Study | None
+    summary: pd.DataFrame  # retrain_summary.csv (may be empty)
+    runs: pd.DataFrame  # retrain_runs.csv (may be empty)
+    best_model: dict[str, Any] | None
+    retrain_histories: dict[str, pd.DataFrame]
+    predictions: dict[str, pd.DataFrame]
+
+
+def _histories(folder: Path, pattern: str) -> dict[str, pd.DataFrame]:
+    out = {}
+    for progress in sorted(folder.glob(f"{pattern}/progress.csv")):
+        frame = pd.read_csv(progress)
+        if len(frame) and "trial_id" in frame:
+            out[str(frame["trial_id"].iloc[-1])] = frame
+    return out
+
+
+def load_arch(root: Path, arch: str, name: str) -> ArchResults | None:
+    folder = root / arch
+    if not (folder / "trials.csv").is_file():
+        return None
+    study = None
+    if (folder / "optuna.db").is_file():
+        try:
+            study = optuna.load_study(study_name=f"{name}-{arch}", storage=f"sqlite:///{folder / 'optuna.db'}")
+        except KeyError:
+            study = None
+    retrain = root / f"{arch}-retrain"
+    read = lambda p: pd.read_csv(p) if p.is_file() and p.stat().st_size > 1 else pd.DataFrame()  # noqa: E731
+    best = json.loads((retrain / "best_model.json").read_text()) if (retrain / "best_model.json").is_file() else None
+    predictions = {p.stem: pd.read_csv(p) for p in sorted((retrain / "test_predictions").glob("*.csv"))}
+    plan = json.loads((folder / "search_plan.json").read_text()) if (folder / "search_plan.json").is_file() else {}
+    return ArchResults(arch, pd.read_csv(folder / "trials.csv"), _histories(folder, "train_trial_*"), plan, study,
+                       read(retrain / "retrain_summary.csv"), read(retrain / "retrain_runs.csv"), best,
+                       _histories(retrain, "retrain_trial_*"), predictions)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sections
+
+
+def _pm(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def headline(doc: Doc, results: dict[str, ArchResults]) -> None:
+    doc.heading(SECTIONS[0])
+    doc.para("Test-split scores of each architecture's top search configuration, retrained on train+validation "
+             "with several seeds: mean ± standard deviation over seeds, and a 95% bootstrap interval over the "
+             "test images. The study's figures are its own validation scores, reported for reference.")
+    rows = []
+    for arch, r in results.items():
+        top = r.summary[r.summary["rank"] == 0].iloc[0] if len(r.summary) else None
+        config = r.best_model["config"] if r.best_model else None
+        params = count_parameters(build_model(TrainConfig.from_dict(config), load_weights=False)) if config else np.nan
+        seconds = sum(float(h["time_this_iter_s"].sum()) for h in r.histories.values())
+        gpus, cpus = float(r.plan.get("gpus_per_trial", 0) or 0), float(r.plan.get("cpus_per_trial", 1) or 1)
+        rows.append({
+            "model": LABELS[arch],
+            "test gender acc (%)": _pm(top["test_gender_acc_mean"], top["test_gender_acc_std"], 100, 1) if top is not None else "—",
+            "acc 95% CI": f"{top['test_gender_acc_ci_low']:.1%} – {top['test_gender_acc_ci_high']:.1%}" if top is not None else "—",
+            "test age MAE": _pm(top["test_age_mae_mean"], top["test_age_mae_std"]) if top is not None else "—",
+            "MAE 95% CI": f"{top['test_age_mae_ci_low']:.2f} – {top['test_age_mae_ci_high']:.2f}" if top is not None else "—",
+            "seeds × test images": f"{int(top['seeds'])} × {int(top['n_test'])}" if top is not None else "—",
+            "parameters": f"{params / 1e6:.2f}M" if params == params else "—",
+            "s / epoch (retrain)": f"{top['epoch_seconds_mean']:.1f}" if top is not None else "—",
+            "search GPU-hours": f"{seconds * gpus / 3600:.3f}",
+            "search CPU-hours": f"{seconds * cpus / 3600:.3f}",
+        })
+    for arch in results:
+        acc, mae, _ = STUDY[arch]
+        rows.append({"model": f"study: {LABELS[arch].split(' (')[0]} (validation, reported)", "test gender acc (%)": acc,
+                     "acc 95% CI": "—", "test age MAE": mae, "MAE 95% CI": "—", "seeds × test images": "—",
+                     "parameters": "—", "s / epoch (retrain)": "—", "search GPU-hours": "—", "search CPU-hours": "—"})
+    doc.table(pd.DataFrame(rows))
+    doc.para(f"Objective (lower is better) = 0.5 × MAE / {REFERENCE_AGE_MAE} + 0.5 × (1 − accuracy) / "
+             f"{REFERENCE_GENDER_ERROR}: 1.0 is the study's model A on both tasks.")
+    for arch, r in results.items():
+        if len(r.summary):
+            table = r.summary.assign(rank=r.summary["rank"] + 1)[[
+                "rank", "search_trial_id", "search_val_objective", "seeds", "test_gender_acc_mean", "test_gender_acc_std",
+                "test_age_mae_mean", "test_age_mae_std", f"test_{METRIC}_mean"]]
+            doc.para(f"{LABELS[arch]}: every retrained configuration (rank by validation objective in the search).")
+            doc.table(table)
+        if r.best_model:
+            b = r.best_model
+            doc.para(f"Marked {arch} model (for export): rank {b['rank'] + 1}, seed {b['seed']}, trial {b['trial_id']} "
+                     f"— test gender accuracy {b['test_gender_acc']:.1%}, age MAE {b['test_age_mae']:.2f} "
+                     f"({b['selection']}).")
+
+
+def best_configurations(doc: Doc, results: dict[str, ArchResults]) -> None:
+    doc.heading(SECTIONS[1])
+    for arch, r in results.items():
+        if not r.best_model:
+            doc.para(f"{LABELS[arch]}: no retrained configuration.")
+            continue
+        best = r.best_model["config"]
+        study = TrainConfig.from_dict(load_config_file(STUDY[arch][2])).to_dict()
+        searched = [c.split("/", 1)[1] for c in r.trials.columns if c.startswith("config/")]
+        keys = searched + [k for k in ("image_size", "epochs", "optimizer", "schedule", "batch_size") if k not in searched]
+        rows = [{"field": k, "best": best[k], f"study recipe ({STUDY[arch][2]})": study[k],
+                 "changed": "yes" if best[k] != study[k] else ""} for k in keys]
+        doc.para(f"{LABELS[arch]} — searched fields first; the rest were fixed for the search.")
+        doc.table(pd.DataFrame(rows))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def learning_curves(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
+    doc.heading(SECTIONS[2])
+    doc.para("Solid: the marked retrained model (trained on train+validation; its held-out curve is the test "
+             "split, shown for reading only — no choice was made on it). Dashed: the best search trial "
+             "(train and validation splits).")
+    for arch, r in results.items():
+        if not r.best_model or r.best_model["trial_id"] not in r.retrain_histories:
+            continue
+        h = r.retrain_histories[r.best_model["trial_id"]]
+        search_best = r.trials.dropna(subset=[f"best_{METRIC}"])
+        s = r.histories.get(str(search_best.iloc[0]["trial_id"])) if len(search_best) else None
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+        panels = [("loss", "train_loss", "test_loss", "val_loss"), ("gender accuracy", "train_gender_acc",
+                  "test_gender_acc", "val_gender_acc"), ("age MAE (years)", "train_age_mae", "test_age_mae", "val_age_mae")]
+        for ax, (title, train, test, val) in zip(axes, panels):
+            ax.plot(h["training_iteration"], h[train], label="retrain: train", color="C0")
+            ax.plot(h["training_iteration"], h[test], label="retrain: test", color="C1")
+            if s is not None:
+                ax.plot(s["training_iteration"], s[train], "--", label="search best: train", color="C0", alpha=0.6)
+                ax.plot(s["training_iteration"], s[val], "--", label="search best: validation", color="C2")
+            ax.set_title(f"{arch}: {title}")
+            ax.set_xlabel("epoch")
+        axes[0].legend(fontsize=8)
+        doc.image(_save(fig, out / f"curves_{arch}.png"), f"learning curves, {arch}")
+
+
+def asha_rungs(plan: dict[str, Any]) -> list[int]:
+    """ASHA's milestones: grace × rf^k below max_t."""
+    grace, rf, max_t = int(plan.get("grace_period", 1)), int(plan.get("reduction_factor", 2)), int(plan.get("max_epochs", 1))
+    rungs, r = [], grace
+    while r < max_t:
+        rungs.append(r)
+        r *= rf
+    return rungs
+
+
+def pareto_front(acc: np.ndarray, mae: np.ndarray) -> np.ndarray:
+    """Indices of points no other point beats on both higher accuracy and lower MAE, sorted by MAE."""
+    keep = [i for i in range(len(acc))
+            if not any((acc[j] >= acc[i] and mae[j] <= mae[i]) and (acc[j] > acc[i] or mae[j] < mae[i])
+                       for j in range(len(acc)))]
+    return np.array(sorted(keep, key=lambda i: mae[i]), dtype=int)
+
+
+def all_trials(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
+    doc.heading(SECTIONS[3])
+    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4), squeeze=False)
+    rung_rows = []
+    for ax, (arch, r) in zip(axes[0], results.items()):
+        for h in r.histories.values():
+            ax.plot(h["training_iteration"], h[METRIC], alpha=0.6, marker=".")
+        rungs = asha_rungs(r.plan)
+        for rung in rungs:
+            ax.axvline(rung, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{arch}: objective per epoch (dotted: ASHA rungs)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(METRIC)
+        epochs = r.trials["epochs"]
+        rung_rows += [{"architecture": arch, "epoch (rung)": rung, "trials reaching it": int((epochs >= rung).sum())}
+                      for rung in [1] + rungs + [int(r.plan.get("max_epochs", epochs.max()))]]
+    doc.image(_save(fig, out / "trials_objective.png"), "objective per epoch of every trial")
+    doc.para("Trials reaching each rung (the last row of each architecture is the full budget):")
+    doc.table(pd.DataFrame(rung_rows).drop_duplicates())
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, (arch, r) in enumerate(results.items()):
+        t = r.trials.dropna(subset=["best_val_gender_acc"])
+        acc, mae = t["best_val_gender_acc"].to_numpy(), t["best_val_age_mae"].to_numpy()
+        ax.scatter(mae, acc, color=f"C{i}", alpha=0.7, label=arch)
+        front = pareto_front(acc, mae)
+        if len(front):
+            ax.step(mae[front], acc[front], where="post", color=f"C{i}", linewidth=1.5)
+            ax.scatter(mae[front], acc[front], facecolors="none", edgecolors="black", s=90)
+    ax.set_xlabel("validation age MAE (years)")
+    ax.set_ylabel("validation gender accuracy")
+    ax.set_title("every trial's best epoch; circled: Pareto front")
+    ax.legend()
+    doc.image(_save(fig, out / "pareto.png"), "gender accuracy against age MAE with the Pareto front")
+    for arch, r in results.items():
+        counts = r.trials["status"].value_counts().to_dict()
+        doc.para(f"{arch}: {len(r.trials)} trials — " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+def importance(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
+    doc.heading(SECTIONS[4])
+    evaluators = {"PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator()}
+    try:
+        import sklearn  # noqa: F401  (fANOVA needs it)
+
+        evaluators["fANOVA"] = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    except ImportError:
+        doc.para("fANOVA is left out: it needs scikit-learn, which is not installed. PED-ANOVA needs nothing more.")
+    for arch, r in results.items():
+        rows = {}
+        if r.study is not None:
+            for label, evaluator in evaluators.items():
+                try:
+                    rows[label] = optuna.importance.get_param_importances(r.study, evaluator=evaluator)
+                except (RuntimeError, ValueError) as err:
+                    doc.para(f"{arch}: {label} importance not available ({err}).")
+        if rows:
+            frame = pd.DataFrame(rows).rename_axis("parameter").reset_index()
+            doc.para(f"{LABELS[arch]}: importance of each searched parameter for the objective (Optuna's evaluators "
+                     "on the study; completed and pruned trials).")
+            doc.table(frame)
+        params = [c for c in r.trials.columns if c.startswith("config/")]
+        t = r.trials.dropna(subset=[f"best_{METRIC}"])
+        if not params or t.empty:
+            continue
+        cols = 4
+        fig, axes = plt.subplots((len(params) + cols - 1) // cols, cols, figsize=(14, 3 * ((len(params) + cols - 1) // cols)),
+                                 squeeze=False)
+        for ax, param in zip(axes.flat, params):
+            for status, marker in (("completed", "o"), ("stopped_early", "x")):
+                part = t[t["status"] == status]
+                ax.scatter(part[param], part[f"best_{METRIC}"], marker=marker, alpha=0.7, label=status)
+            ax.set_title(param.split("/", 1)[1])
+            if param.split("/", 1)[1] in ("lr", "weight_decay", "age_loss_weight", "backbone_lr_mult"):
+                ax.set_xscale("log")
+        for ax in list(axes.flat)[len(params):]:
+            ax.axis("off")
+        axes.flat[0].set_ylabel(METRIC)
+        axes.flat[0].legend(fontsize=7)
+        doc.image(_save(fig, out / f"params_{arch}.png"), f"objective against each searched parameter, {arch}")
+
+
+def error_analysis(doc: Doc, results: dict[str, ArchResults], faces: Faces, out: Path) -> None:
+    doc.heading(SECTIONS[5])
+    doc.para("On the held-out test split, for each architecture's marked model.")
+    by_name = {n: i for i, n in enumerate(faces.names)}
+    for arch, r in results.items():
+        if not r.best_model or r.best_model["trial_id"] not in r.predictions:
+            continue
+        p = r.predictions[r.best_model["trial_id"]].copy()
+        p["band"] = [age_band(int(a)) for a in p["age"]]
+        p["abs_err"] = (p["pred_age"] - p["age"]).abs()
+        p["correct"] = ((p["p_female"] > 0.5).astype(int) == p["gender"]).astype(float)
+        bands = [age_band(lo) for lo, _ in AGE_BANDS]
+        rows = []
+        for band in bands:
+            part = p[p["band"] == band]
+            if len(part):
+                rows.append({"age band": band, "images": len(part), "age MAE": part["abs_err"].mean(),
+                             "gender acc": part["correct"].mean()})
+        for g, label in ((0, "male"), (1, "female")):
+            part = p[p["gender"] == g]
+            rows.append({"age band": f"all {label}", "images": len(part), "age MAE": part["abs_err"].mean(),
+                         "gender acc": part["correct"].mean()})
+        rows.append({"age band": "all", "images": len(p), "age MAE": p["abs_err"].mean(), "gender acc": p["correct"].mean()})
+        doc.para(f"{LABELS[arch]}:")
+        doc.table(pd.DataFrame(rows))
+        confidence = (p["p_female"] - 0.5).abs()
+        worst_age = p.sort_values("abs_err", ascending=False).head(6)
+        worst_gender = p[p["correct"] == 0].assign(conf=confidence).sort_values("conf", ascending=False).head(6)
+        shown = pd.concat([worst_age, worst_gender])
+        shown = shown[shown["name"].isin(by_name)]
+        if shown.empty:
+            continue
+        fig, axes = plt.subplots(2, 6, figsize=(14, 5.4), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for row_axes, part in ((axes[0], worst_age), (axes[1], worst_gender)):
+            for ax, (_, row) in zip(row_axes, part.iterrows()):
+                if row["name"] not in by_name:
+                    continue
+                ax.imshow(faces.images[by_name[row["name"]]].permute(1, 2, 0).numpy())
+                sex = lambda v: "F" if v >= 0.5 else "M"  # noqa: E731
+                ax.set_title(f"true {int(row['age'])} {sex(row['gender'])}\npred {row['pred_age']:.0f} "
+                             f"{sex(row['p_female'])} ({max(row['p_female'], 1 - row['p_female']):.2f})", fontsize=8)
+        fig.suptitle(f"{arch}: largest age errors (top), most confident gender errors (bottom)")
+        doc.image(_save(fig, out / f"worst_{arch}.png"), f"worst test predictions, {arch}")
+
+
+def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[str, ArchResults]) -> None:
+    import ray
+
+    doc.heading(SECTIONS[6])
+    gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none visible"
+    rows = [("python", sys.version.split()[0]), ("platform", platform.platform()), ("processor", platform.machine()),
+            ("GPUs (report machine)", gpu), ("torch", torch.__version__), ("ray", ray.__version__),
+            ("optuna", optuna.__version__), ("search seed (TPE and trials)", settings.get("args", {}).get("seed")),
+            ("retraining seeds", ", ".join(str(s) for s in range(int(settings.get("retrain_seeds", 1))))),
+            ("split", "70/15/15 stratified by gender × age band, seed 0 (split.json)"),
+            ("data", settings.get("data_dir")), ("image size", settings.get("image_size")),
+            ("images used", settings.get("max_images") or "all")]
+    for arch, r in results.items():
+        if r.plan:
+            rows.append((f"{arch} search", f"{r.plan.get('num_samples')} trials, ≤{r.plan.get('max_epochs')} epochs, "
+                         f"ASHA grace {r.plan.get('grace_period')}, reduction {r.plan.get('reduction_factor')}, "
+                         f"{r.plan.get('concurrency')} concurrent, {r.plan.get('cpus_per_trial')} CPU + "
+                         f"{r.plan.get('gpus_per_trial')} GPU per trial"))
+    doc.table(pd.DataFrame(rows, columns=["item", "value"]))
+    doc.para("The command that ran the search:")
+    doc.code(settings.get("command", "(unknown)"))
+    doc.para("To reproduce: run the same command on a fresh checkout (README quick start). To continue an "
+             "interrupted run add --resume; to rebuild this report alone:")
+    doc.code(f"python search/run.py --name {root.name} --storage-path {root.parent} --stage report")
+
+
+def write_report(root: Path, faces: Faces, split: Split) -> Path:
+    """Build ``root/report/`` from what the experiment folder holds; returns the report folder."""
+    root = Path(root)
+    out = root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    settings = json.loads((root / "search_settings.json").read_text()) if (root / "search_settings.json").is_file() else {}
+    results = {a: r for a in ARCHS if (r := load_arch(root, a, root.name)) is not None}
+    doc = Doc()
+    doc.heading(f"Age and gender: scratch CNN vs pretrained MobileNetV2 — experiment '{root.name}'", 1)
+    doc.para(f"{len(split.train)} training, {len(split.val)} validation and {len(split.test)} test images "
+             f"(de-duplicated UTKFace crops from {settings.get('data_dir', '?')}); the test split was never seen by "
+             "a search trial.")
+    headline(doc, results)
+    best_configurations(doc, results)
+    learning_curves(doc, results, out)
+    all_trials(doc, results, out)
+    importance(doc, results, out)
+    error_analysis(doc, results, faces, out)
+    environment(doc, root, settings, results)
+    (out / "report.md").write_text(doc.markdown())
+    (out / "report.html").write_text(doc.html(f"facetune report: {root.name}"))
+    return out

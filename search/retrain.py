@@ -1,0 +1,177 @@
+"""Retrain a search's top configurations with several seeds on train+validation, and score them on the test split.
+
+Each (configuration, seed) pair is a Ray Tune trial of a second experiment, ``<name>/<arch>-retrain``, with
+the search's resources, so a retraining run is resumable like a search. No choice here looks at the test
+split: every model trains for its configuration's full epoch budget, and the model marked best is the
+search's first-ranked configuration (ranked on validation) with the seed whose final training loss is lowest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from ray import tune
+
+from experiments.config import TrainConfig
+from experiments.objective import METRIC, objective
+from experiments.train import Trainer, fit_parts, predict
+from search.results import error_reason
+from search.trainable import CHECKPOINT_FILE, TrialData, limit_resources
+
+PREDICTIONS_FILE = "test_predictions.csv"
+
+
+@dataclass
+class RetrainData:
+    """What every retraining trial shares: the search's data plus the configurations being retrained."""
+
+    trial_data: TrialData
+    configs: list[dict[str, Any]]  # full TrainConfig dicts, in search rank order
+
+
+def retrain_trial(config: dict[str, Any], data: RetrainData) -> None:
+    """Tune trainable: train configuration ``config['rank']`` with ``config['seed']`` on train+val, report per epoch.
+
+    The per-epoch ``test_*`` metrics are for learning curves only; the final checkpoint also holds the
+    model's predictions for every test image.
+    """
+    limit_resources()
+    cfg = TrainConfig.from_dict({**data.configs[config["rank"]], "seed": config["seed"], "train_on_val": True})
+    shared = data.trial_data
+    faces = shared.faces[cfg.image_size]
+    train, test = fit_parts(faces, shared.split, cfg)
+    trainer = Trainer(cfg, train, test, imagenet_state=shared.imagenet_state)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load_checkpoint(torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True))
+    for metrics in trainer.epochs():
+        # the Trainer calls its held-out part "val"; here that part is the test split
+        metrics = {k.replace("val_", "test_") if k.startswith("val_") else k: v for k, v in metrics.items()}
+        metrics[METRIC] = metrics.pop(METRIC)
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(trainer.checkpoint(), os.path.join(folder, CHECKPOINT_FILE))
+            if trainer.epoch == cfg.epochs:
+                age, prob = predict(trainer.model, trainer.val_data.images)
+                pd.DataFrame({"name": test.names, "age": test.ages.numpy(), "gender": test.genders.numpy(),
+                              "pred_age": age.numpy(), "p_female": prob.numpy()}).to_csv(
+                    os.path.join(folder, PREDICTIONS_FILE), index=False)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def bootstrap_ci(per_seed: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of an S×N array (S seeds, N test images), resampling images.
+
+    The same resampled images are used for every seed, so the interval reflects how much the score
+    depends on which faces landed in the test split.
+    """
+    per_seed = np.atleast_2d(np.asarray(per_seed, dtype=np.float64))
+    n = per_seed.shape[1]
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        stats[b] = per_seed[:, rng.integers(0, n, n)].mean()
+    alpha = (1 - level) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def summarize(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per configuration: mean ± std over seeds and a 95% bootstrap interval of test accuracy and MAE."""
+    rows = []
+    for rank, group in runs.groupby("rank"):
+        preds = [predictions[t] for t in group["trial_id"]]
+        correct = np.stack([((p["p_female"] > 0.5).astype(int) == p["gender"]).to_numpy(float) for p in preds])
+        abs_err = np.stack([(p["pred_age"] - p["age"]).abs().to_numpy(float) for p in preds])
+        acc, mae = correct.mean(axis=1), abs_err.mean(axis=1)
+        rows.append({
+            "rank": int(rank), "seeds": len(group),
+            "test_gender_acc_mean": acc.mean(), "test_gender_acc_std": acc.std(ddof=1) if len(acc) > 1 else 0.0,
+            "test_gender_acc_ci_low": bootstrap_ci(correct)[0], "test_gender_acc_ci_high": bootstrap_ci(correct)[1],
+            "test_age_mae_mean": mae.mean(), "test_age_mae_std": mae.std(ddof=1) if len(mae) > 1 else 0.0,
+            "test_age_mae_ci_low": bootstrap_ci(abs_err)[0], "test_age_mae_ci_high": bootstrap_ci(abs_err)[1],
+            f"test_{METRIC}_mean": float(np.mean([objective(a, m) for a, m in zip(acc, mae)])),
+            "epoch_seconds_mean": float(group["epoch_seconds_mean"].mean()),
+            "n_test": correct.shape[1],
+        })
+    return pd.DataFrame(rows)
+
+
+def collect(grid, configs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One row per retraining run (config rank, seed, final test metrics, checkpoint) and its test predictions."""
+    rows, predictions = [], {}
+    for result in grid:
+        if result.error is not None or result.checkpoint is None:
+            rows.append({"rank": result.config["rank"], "seed": result.config["seed"], "status": "failed",
+                         "reason": error_reason(result.error)})
+            continue
+        history = result.metrics_dataframe
+        trial_id = result.metrics["trial_id"]
+        with result.checkpoint.as_directory() as folder:
+            predictions[trial_id] = pd.read_csv(Path(folder) / PREDICTIONS_FILE)
+        rows.append({
+            "rank": result.config["rank"], "seed": result.config["seed"], "status": "completed", "trial_id": trial_id,
+            "epochs": int(result.metrics["training_iteration"]),
+            "test_gender_acc": result.metrics["test_gender_acc"], "test_age_mae": result.metrics["test_age_mae"],
+            METRIC: result.metrics[METRIC], "final_train_loss": result.metrics["train_loss"],
+            "epoch_seconds_mean": float(history["epoch_seconds"].mean()),
+            "checkpoint": str(Path(result.checkpoint.path) / CHECKPOINT_FILE),
+            "trial_path": result.path,
+        })
+    return pd.DataFrame(rows), predictions
+
+
+def mark_best(runs: pd.DataFrame) -> pd.Series | None:
+    """The model to export: the search's top configuration, its seed with the lowest final training loss."""
+    done = runs[runs["status"] == "completed"]
+    if done.empty:
+        return None
+    top = done[done["rank"] == done["rank"].min()]
+    return top.loc[top["final_train_loss"].idxmin()]
+
+
+def make_retrain_tuner(experiment_dir: str, data: RetrainData, seeds: list[int], cpus: float, gpus: float,
+                       concurrency: int, resume: bool) -> tune.Tuner:
+    trainable = tune.with_resources(tune.with_parameters(retrain_trial, data=data), {"cpu": cpus, "gpu": gpus})
+    if resume and tune.Tuner.can_restore(experiment_dir):
+        return tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    storage, name = experiment_dir.rsplit("/", 1)
+    return tune.Tuner(
+        trainable,
+        param_space={"rank": tune.grid_search(list(range(len(data.configs)))), "seed": tune.grid_search(seeds)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=2)),
+    )
+
+
+def write_retrain_outputs(folder: Path, configs: list[dict[str, Any]], searched: list[dict[str, Any]],
+                          runs: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> dict[str, Any] | None:
+    """retrain_runs.csv, retrain_summary.csv, predictions per run, and best_model.json (the marked model)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.drop(columns=["trial_path"], errors="ignore").to_csv(folder / "retrain_runs.csv", index=False)
+    pred_dir = folder / "test_predictions"
+    pred_dir.mkdir(exist_ok=True)
+    for trial_id, frame in predictions.items():
+        frame.to_csv(pred_dir / f"{trial_id}.csv", index=False)
+    summary = summarize(runs[runs["status"] == "completed"], predictions) if predictions else pd.DataFrame()
+    if not summary.empty:
+        summary["search_trial_id"] = [searched[r]["trial_id"] for r in summary["rank"]]
+        summary["search_val_objective"] = [searched[r][METRIC] for r in summary["rank"]]
+    summary.to_csv(folder / "retrain_summary.csv", index=False)
+    best = mark_best(runs)
+    if best is None:
+        return None
+    entry = {"rank": int(best["rank"]), "seed": int(best["seed"]), "trial_id": best["trial_id"],
+             "checkpoint": best["checkpoint"], "config": configs[int(best["rank"])],
+             "test_gender_acc": float(best["test_gender_acc"]), "test_age_mae": float(best["test_age_mae"]),
+             METRIC: float(best[METRIC]), "selection": "search rank 1 (validation); seed with lowest final train loss"}
+    (folder / "best_model.json").write_text(json.dumps(entry, indent=2) + "\n")
+    return entry
