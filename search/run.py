@@ -213,6 +213,8 @@ def connect_ray(args: argparse.Namespace) -> dict[str, float]:
     """Start a local Ray instance or join ``--address``; returns the cluster's resources."""
     import ray
 
+    # workers log every checkpoint at INFO; warnings and errors still reach the console
+    QUIET = ray.LoggingConfig(log_level="WARNING")
     import data_utils
     import experiments
     import models
@@ -223,12 +225,12 @@ def connect_ray(args: argparse.Namespace) -> dict[str, float]:
         # ship this project's packages to the cluster, so its nodes need only the dependencies installed
         env = {"py_modules": [data_utils, models, experiments, search], "excludes": ["__pycache__"]}
         try:
-            ray.init(address=args.address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
+            ray.init(address=args.address, runtime_env=env, logging_level=logging.WARNING, logging_config=QUIET)
         except ConnectionError as err:
             raise UsageError(f"cannot connect to the Ray cluster at {args.address}: {err}. If it uses token "
                              "authentication, put its token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
     else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, logging_config=QUIET)
     return ray.cluster_resources()
 
 

@@ -38,3 +38,29 @@ def copy_real(data_dir: Path, dest: Path, names: list[str]) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for n in names:
         shutil.copy(data_dir / n, dest / n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# searches
+
+TINY = ["--preset", "quick", "--image-size", "32", "--max-images", "300", "--max-epochs", "3", "--grace-period", "1",
+        "--reduction-factor", "3", "--set", "batch_size=32"]
+
+
+def run_cli(*args, script="search/run.py", timeout=600, env=None):
+    """Run one of the project's scripts from the project root; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory, data_dir):
+    """A finished search of both architectures (with retraining and report), shared by the tests that read it."""
+    storage = tmp_path_factory.mktemp("runs")
+    result = run_cli("--arch", "both", "--data", data_dir, "--storage-path", storage, "--name", "tiny",
+                     "--num-samples", "5", *TINY)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return storage / "tiny", result

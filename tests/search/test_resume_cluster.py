@@ -14,8 +14,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from conftest import ROOT
-from test_search import TINY, run_cli
+from conftest import ROOT, TINY, run_cli
 
 RAY = str(Path(sys.executable).parent / "ray")
 

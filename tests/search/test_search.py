@@ -1,33 +1,11 @@
 """Whole searches on real images: ASHA stops trials and Optuna records them as pruned; TensorBoard; outputs."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 
-from conftest import ROOT
-
-TINY = ["--preset", "quick", "--image-size", "32", "--max-images", "300", "--max-epochs", "3", "--grace-period", "1",
-        "--reduction-factor", "3", "--set", "batch_size=32"]
-
-
-def run_cli(*args, timeout=600, env=None):
-    return subprocess.run([sys.executable, "search/run.py", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
-@pytest.fixture(scope="session")
-def tiny_search(tmp_path_factory, data_dir):
-    """A finished search of both architectures, shared by the tests that read its outputs."""
-    storage = tmp_path_factory.mktemp("runs")
-    result = run_cli("--arch", "both", "--data", data_dir, "--storage-path", storage, "--name", "tiny",
-                     "--num-samples", "5", *TINY)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return storage / "tiny", result
+from conftest import TINY, run_cli
 
 
 @pytest.mark.parametrize("arch", ["scratch", "pretrained"])

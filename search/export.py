@@ -1,0 +1,186 @@
+"""Export an experiment's marked model to a self-describing folder: weights, config, preprocessing, ONNX, TorchScript.
+
+    python search/export.py --experiment runs/quick [--arch scratch|pretrained] [--format onnx,torchscript] [--out DIR]
+
+The exported graphs take RGB images as float N×3×S×S in [0, 1] (normalisation is inside the model) and
+return (age in years, P(female)). Before declaring success the ONNX graph is run with onnxruntime, and the
+TorchScript module with torch, on real face crops and compared with the PyTorch model.
+"""
+import os
+import sys
+
+if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path[0] = os.path.dirname(sys.path[0])  # import the project's packages, not sibling files
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from data_utils.cache import DecodeError, decode_face  # noqa: E402
+from data_utils.dataset import resolve_data_dir  # noqa: E402
+from experiments.train import load_model  # noqa: E402
+from models.heads import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+FORMATS = ("onnx", "torchscript")
+TOLERANCE = 1e-3  # max abs difference allowed on age (years) and on P(female)
+CHECK_IMAGES = 64
+
+
+class Exported(nn.Module):
+    """The model as exported: (age, P(female)) instead of a logit, so users need no sigmoid."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        age, logit = self.model(image)
+        return age, torch.sigmoid(logit)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Export an experiment's best model for inference.")
+    p.add_argument("--experiment", required=True, help="experiment folder (<storage-path>/<name>)")
+    p.add_argument("--arch", default=None, choices=("scratch", "pretrained"),
+                   help="which architecture's marked model (default: the one with the better test objective)")
+    p.add_argument("--format", default="onnx,torchscript", help=f"comma-separated, from: {', '.join(FORMATS)}")
+    p.add_argument("--out", default=None, help="export folder (default: <experiment>/export/<arch>)")
+    p.add_argument("--data", default=None, help="face crops for the ONNX check (default: the experiment's data folder)")
+    return p
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def marked_model(experiment: Path, arch: str | None) -> tuple[str, dict]:
+    """(arch, best_model.json entry); without --arch, the architecture whose marked model scored better."""
+    found = {}
+    for name in ("scratch", "pretrained"):
+        path = experiment / f"{name}-retrain" / "best_model.json"
+        if path.is_file():
+            found[name] = json.loads(path.read_text())
+    if arch is not None:
+        if arch not in found:
+            raise ExportError(f"no retrained {arch} model in {experiment}; run `python search/run.py --name "
+                              f"{experiment.name} --storage-path {experiment.parent} --arch {arch} --stage retrain` first")
+        return arch, found[arch]
+    if not found:
+        raise ExportError(f"{experiment} holds no retrained model (no */best_model.json); is it an experiment folder "
+                          "whose search finished?")
+    best = min(found, key=lambda a: found[a]["objective"])
+    return best, found[best]
+
+
+def checkpoint_path(experiment: Path, arch: str, entry: dict) -> Path:
+    """The marked checkpoint, also when the experiment folder was moved since it was written."""
+    path = Path(entry["checkpoint"])
+    if path.is_file():
+        return path
+    moved = experiment / f"{arch}-retrain" / Path(*path.parts[-3:])
+    if moved.is_file():
+        return moved
+    raise ExportError(f"checkpoint {path} of the marked {arch} model is missing")
+
+
+def check_images(data_dir: Path, image_size: int, names: list[str]) -> torch.Tensor:
+    """Up to CHECK_IMAGES real crops (test-split names first), as float N×3×S×S in [0, 1]."""
+    candidates = [data_dir / n for n in names] + sorted(p for p in data_dir.iterdir() if p.is_file())
+    images = []
+    for path in candidates:
+        if len(images) == CHECK_IMAGES:
+            break
+        try:
+            images.append(decode_face(path.read_bytes(), image_size)[0])
+        except (DecodeError, OSError):
+            continue
+    if not images:
+        raise ExportError(f"no decodable face crops in {data_dir} to check the export on; pass --data DIR")
+    return torch.stack(images).float() / 255
+
+
+def export_onnx(module: Exported, example: torch.Tensor, path: Path) -> None:
+    torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["age", "p_female"],
+                      dynamic_axes={"image": {0: "batch"}, "age": {0: "batch"}, "p_female": {0: "batch"}},
+                      opset_version=18, dynamo=True, external_data=False, verbose=False)
+
+
+def max_diffs(reference: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    return {"age": float(np.abs(reference[0] - other[0]).max()), "p_female": float(np.abs(reference[1] - other[1]).max())}
+
+
+def main(args: argparse.Namespace) -> int:
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    experiment = Path(args.experiment).expanduser().resolve()
+    try:
+        if unknown:
+            raise ExportError(f"unknown format(s) {', '.join(unknown)}; valid: {', '.join(FORMATS)}")
+        if not experiment.is_dir():
+            raise ExportError(f"experiment folder {experiment} does not exist")
+        arch, entry = marked_model(experiment, args.arch)
+        ckpt = torch.load(checkpoint_path(experiment, arch, entry), map_location="cpu", weights_only=True)
+        model, cfg = load_model(ckpt, "cpu")
+        settings_file = experiment / "search_settings.json"
+        saved_data = json.loads(settings_file.read_text()).get("data_dir") if settings_file.is_file() else None
+        data_dir = resolve_data_dir(args.data or saved_data)
+        split_file = experiment / "split.json"
+        test_names = []
+        if (experiment / f"{arch}-retrain" / "test_predictions" / f"{entry['trial_id']}.csv").is_file():
+            test_names = pd.read_csv(experiment / f"{arch}-retrain" / "test_predictions" / f"{entry['trial_id']}.csv")["name"].tolist()
+        images = check_images(data_dir, cfg.image_size, test_names)
+    except (ExportError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out or experiment / "export" / arch).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "model.pt")
+    cfg.save(out / "config.json")
+    (out / "preprocessing.json").write_text(json.dumps({
+        "image_size": cfg.image_size, "input": "RGB, float32, N×3×S×S, values in [0, 1]",
+        "resize": "centre-crop to a square, then PIL bilinear resize to S×S (data_utils.cache.decode_face)",
+        "normalization": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "applied": "inside the model"},
+        "outputs": {"age": "years", "p_female": "probability that the face is female (UTKFace gender 1)"},
+    }, indent=2) + "\n")
+    metrics = {k: entry[k] for k in ("test_gender_acc", "test_age_mae", "objective")}
+    metrics.update(arch=arch, trial_id=entry["trial_id"], seed=entry["seed"], selection=entry["selection"],
+                   split=str(split_file))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    module = Exported(model).eval()
+    with torch.no_grad():
+        reference = tuple(t.numpy() for t in module(images))
+    checks = {"images": int(images.shape[0]), "tolerance": TOLERANCE}
+    if "onnx" in formats:
+        import onnxruntime as ort
+
+        export_onnx(module, images[:2], out / "model.onnx")
+        session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        checks["onnx_max_abs_diff"] = max_diffs(reference, tuple(session.run(None, {"image": images.numpy()})))
+    if "torchscript" in formats:
+        with warnings.catch_warnings():  # torch marks TorchScript deprecated; the format is still asked for and works
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.trace(module, images[:2], check_trace=False)
+            scripted.save(str(out / "model.torchscript.pt"))
+            loaded = torch.jit.load(str(out / "model.torchscript.pt"))
+        with torch.no_grad():
+            checks["torchscript_max_abs_diff"] = max_diffs(reference, tuple(t.numpy() for t in loaded(images)))
+    failed = [k for k, v in checks.items() if k.endswith("_diff") and max(v.values()) >= TOLERANCE]
+    checks["passed"] = not failed
+    (out / "export_check.json").write_text(json.dumps(checks, indent=2) + "\n")
+    print(json.dumps({"export": str(out), "arch": arch, **checks}, indent=2))
+    if failed:
+        print(f"error: {', '.join(failed)} reached the tolerance {TOLERANCE}; the export is not faithful",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

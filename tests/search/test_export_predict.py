@@ -1,0 +1,121 @@
+"""Export round trip (PyTorch, ONNX, TorchScript agree on real faces) and prediction on good and bad files."""
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import jpeg_bytes, run_cli
+from data_utils.cache import decode_face
+from data_utils.scan import parse_name
+from search.predict import load_export
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_search, tmp_path_factory):
+    folder, _ = tiny_search
+    out = tmp_path_factory.mktemp("export") / "model"
+    result = run_cli("--experiment", folder, "--arch", "pretrained", "--out", out, script="search/export.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, json.loads(result.stdout)
+
+
+def real_faces(data_dir, n, start=0):
+    return sorted(p for p in data_dir.iterdir() if p.name.endswith(".jpg.chip.jpg"))[start:start + n]
+
+
+def test_export_folder_describes_itself(exported):
+    out, check = exported
+    for name in ("model.pt", "config.json", "preprocessing.json", "metrics.json", "model.onnx", "model.torchscript.pt"):
+        assert (out / name).is_file(), name
+    assert check["passed"] and check["images"] == 64
+    assert max(check["onnx_max_abs_diff"].values()) < 1e-3
+    prep = json.loads((out / "preprocessing.json").read_text())
+    assert prep["image_size"] == json.loads((out / "config.json").read_text())["image_size"] == 32
+    assert json.loads((out / "metrics.json").read_text())["arch"] == "pretrained"
+
+
+def test_pytorch_onnx_and_torchscript_agree_on_real_faces(exported, data_dir):
+    out, _ = exported
+    model, cfg = load_export(out)
+    x = torch.stack([decode_face(p.read_bytes(), cfg.image_size)[0] for p in real_faces(data_dir, 20, 1000)]).float() / 255
+    with torch.no_grad():
+        age, logit = model(x)
+    prob = torch.sigmoid(logit).numpy()
+    onnx_age, onnx_prob = ort.InferenceSession(str(out / "model.onnx")).run(None, {"image": x.numpy()})
+    ts_age, ts_prob = torch.jit.load(str(out / "model.torchscript.pt"))(x)
+    np.testing.assert_allclose(onnx_age, age.numpy(), atol=1e-3)
+    np.testing.assert_allclose(onnx_prob, prob, atol=1e-3)
+    np.testing.assert_allclose(ts_age.detach().numpy(), age.numpy(), atol=1e-4)
+    np.testing.assert_allclose(ts_prob.detach().numpy(), prob, atol=1e-5)
+
+
+def test_export_refuses_a_folder_that_is_not_an_experiment(tmp_path):
+    result = run_cli("--experiment", tmp_path, script="search/export.py")
+    assert result.returncode == 2 and "holds no retrained model" in result.stderr
+
+
+def test_predict_on_good_and_bad_files(exported, data_dir, tmp_path):
+    out, _ = exported
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for p in real_faces(data_dir, 4):
+        shutil.copy(p, folder / p.name)
+    (folder / "gray.png").write_bytes(jpeg_bytes(size=(90, 70), mode="L", fmt="PNG"))
+    (folder / "broken.jpg").write_bytes(real_faces(data_dir, 1)[0].read_bytes()[:300])
+    (folder / "notes.jpg").write_text("not an image")
+    csv_path = tmp_path / "pred.csv"
+    result = run_cli("--model", out, "--data", folder, "--out", csv_path, script="search/predict.py")
+    assert result.returncode == 0, result.stderr
+    assert "skipped" in result.stderr and "broken.jpg" in result.stderr and "notes.jpg" in result.stderr
+    rows = csv_path.read_text().strip().splitlines()
+    assert len(rows) == 1 + 5  # header, 4 faces and the grayscale PNG
+    files = [str(p) for p in real_faces(data_dir, 2)]
+    result = run_cli("--model", out, *files, "--out", tmp_path / "two.csv", script="search/predict.py")
+    assert result.returncode == 0 and len((tmp_path / "two.csv").read_text().strip().splitlines()) == 3
+
+
+@pytest.mark.parametrize("case, code, message", [
+    ("nothing_decodes", 1, "predicted 0 image(s)"),
+    ("empty", 2, "the folder is empty"),
+    ("not_export", 2, "is not an export folder"),
+])
+def test_predict_bad_input(exported, tmp_path, case, code, message):
+    out, _ = exported
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if case == "nothing_decodes":
+        (folder / "a.jpg").write_bytes(b"")
+    model = tmp_path if case == "not_export" else out
+    result = run_cli("--model", model, "--data", folder, "--out", tmp_path / "p.csv", script="search/predict.py")
+    assert result.returncode == code and message in result.stderr
+
+
+def test_evaluate_matches_a_hand_computation(exported, data_dir, tmp_path):
+    out, _ = exported
+    folder = tmp_path / "labelled"
+    folder.mkdir()
+    faces = real_faces(data_dir, 12, 2000)
+    for p in faces:
+        shutil.copy(p, folder / p.name)
+    shutil.copy(faces[0], folder / ("99_1_0_20170101000000000.jpg.chip.jpg"))  # a copy with other labels: both dropped
+    (folder / "unlabelled.jpg").write_bytes(faces[1].read_bytes() + b"x")  # unparsable name: skipped
+    result = run_cli("--model", out, "--data", folder, "--evaluate", "--out", tmp_path / "e.csv",
+                     script="search/predict.py")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+
+    model, cfg = load_export(out)
+    kept = faces[1:]
+    x = torch.stack([decode_face(p.read_bytes(), cfg.image_size)[0] for p in kept]).float() / 255
+    with torch.no_grad():
+        age, logit = model(x)
+    labels = [parse_name(p.name) for p in kept]
+    acc = np.mean([(l_.gender == 1) == (g > 0) for l_, g in zip(labels, logit.tolist())])
+    mae = np.mean([abs(l_.age - a) for l_, a in zip(labels, age.tolist())])
+    assert metrics["n"] == 11
+    assert metrics["gender_acc"] == pytest.approx(acc, abs=1e-4)
+    assert metrics["age_mae"] == pytest.approx(mae, abs=1e-3)
+    assert metrics["skipped"] == {"duplicate_or_conflicting": 2, "unparsable_name": 1}
