@@ -13,6 +13,13 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "plateau", "none")
 
 
+class UnknownConfigKeyError(KeyError):
+    """A config key that ``TrainConfig`` does not have; the message names the valid ones."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
 @dataclass
 class TrainConfig:
     # data
@@ -82,7 +89,7 @@ class TrainConfig:
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - valid)
         if unknown:
-            raise KeyError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+            raise UnknownConfigKeyError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
         hints = get_type_hints(cls)
         merged = asdict(base) if base is not None else {}
         merged.update({k: _coerce(k, v, hints[k]) for k, v in values.items()})

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
-from data_utils.dataset import Faces, Split, load_faces, make_split  # noqa: E402
+from data_utils.dataset import Faces, NoUsableImagesError, Split, load_faces, make_split  # noqa: E402
 from experiments.config import TrainConfig, load_config_file  # noqa: E402
 from experiments.objective import METRIC, objective  # noqa: E402
 from models import AgeGenderNet, build_model, count_parameters  # noqa: E402
@@ -246,6 +246,8 @@ class Trainer:
             "best_metrics": self.best,
             "history": self.history,
             "rng": torch.get_rng_state(),
+            # batches are drawn and augmented on the training device, so its generator is saved too
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
         }
         if include_best and self.best_state is not None:
             ckpt["best_model"] = self.best_state
@@ -261,6 +263,8 @@ class Trainer:
         self.history = list(ckpt.get("history", []))
         self.best_state = ckpt.get("best_model")
         torch.set_rng_state(ckpt["rng"])
+        if self.cuda and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
 
 
 def load_model(ckpt: dict, device: str | torch.device = "cpu", which: str = "model") -> tuple[AgeGenderNet, TrainConfig]:
@@ -304,8 +308,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="override the config's learning rate")
     parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--weights", default=None, help="MobileNetV2 weights file (default: $MOBILENET_V2_WEIGHTS, hub cache, package)")
-    parser.add_argument("--cache-dir", default=None, help="tensor cache folder (default: $FACETUNE_CACHE or ~/.cache/facetune)")
+    parser.add_argument("--weights", default=None,
+                        help="MobileNetV2 weights file (default: $MOBILENET_V2_WEIGHTS, hub cache, package)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="tensor cache folder (default: $FACETUNE_CACHE or ~/.cache/facetune)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config field")
     parser.add_argument("--out", default=None, help="run folder (default: runs/train/<arch>-<time>)")
     return parser
@@ -338,10 +344,14 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 def main(args: argparse.Namespace) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+        faces, split = prepare_data(cfg)
+    except (FileNotFoundError, NotADirectoryError, KeyError, ValueError, NoUsableImagesError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     run_dir = Path(args.out or f"runs/train/{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    faces, split = prepare_data(cfg)
     cfg.save(run_dir / "config.json")
     split.save(run_dir / "split.json", faces)
     train, val = fit_parts(faces, split, cfg)

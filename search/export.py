@@ -131,9 +131,8 @@ def main(args: argparse.Namespace) -> int:
         saved_data = json.loads(settings_file.read_text()).get("data_dir") if settings_file.is_file() else None
         data_dir = resolve_data_dir(args.data or saved_data)
         split_file = experiment / "split.json"
-        test_names = []
-        if (experiment / f"{arch}-retrain" / "test_predictions" / f"{entry['trial_id']}.csv").is_file():
-            test_names = pd.read_csv(experiment / f"{arch}-retrain" / "test_predictions" / f"{entry['trial_id']}.csv")["name"].tolist()
+        predictions = experiment / f"{arch}-retrain" / "test_predictions" / f"{entry['trial_id']}.csv"
+        test_names = pd.read_csv(predictions)["name"].tolist() if predictions.is_file() else []
         images = check_images(data_dir, cfg.image_size, test_names)
     except (ExportError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

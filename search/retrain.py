@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from ray import tune
 
 from experiments.config import TrainConfig
 from experiments.objective import METRIC, objective
-from experiments.train import Trainer, fit_parts, predict
+from experiments.train import predict
 from search.results import error_reason
-from search.trainable import CHECKPOINT_FILE, TrialData, limit_resources
+from search.trainable import CHECKPOINT_FILE, TrialData, limit_resources, report_epoch, restored_trainer
 
 PREDICTIONS_FILE = "test_predictions.csv"
 
@@ -44,26 +42,18 @@ def retrain_trial(config: dict[str, Any], data: RetrainData) -> None:
     """
     limit_resources()
     cfg = TrainConfig.from_dict({**data.configs[config["rank"]], "seed": config["seed"], "train_on_val": True})
-    shared = data.trial_data
-    faces = shared.faces[cfg.image_size]
-    train, test = fit_parts(faces, shared.split, cfg)
-    trainer = Trainer(cfg, train, test, imagenet_state=shared.imagenet_state)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer.load_checkpoint(torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True))
+    trainer, test = restored_trainer(cfg, data.trial_data)
+
+    def write_predictions(folder: str) -> None:
+        age, prob = predict(trainer.model, trainer.val_data.images)
+        pd.DataFrame({"name": test.names, "age": test.ages.numpy(), "gender": test.genders.numpy(),
+                      "pred_age": age.numpy(), "p_female": prob.numpy()}).to_csv(
+            os.path.join(folder, PREDICTIONS_FILE), index=False)
+
     for metrics in trainer.epochs():
         # the Trainer calls its held-out part "val"; here that part is the test split
-        metrics = {k.replace("val_", "test_") if k.startswith("val_") else k: v for k, v in metrics.items()}
-        metrics[METRIC] = metrics.pop(METRIC)
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(trainer.checkpoint(), os.path.join(folder, CHECKPOINT_FILE))
-            if trainer.epoch == cfg.epochs:
-                age, prob = predict(trainer.model, trainer.val_data.images)
-                pd.DataFrame({"name": test.names, "age": test.ages.numpy(), "gender": test.genders.numpy(),
-                              "pred_age": age.numpy(), "p_female": prob.numpy()}).to_csv(
-                    os.path.join(folder, PREDICTIONS_FILE), index=False)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        metrics = {k.replace("val_", "test_", 1) if k.startswith("val_") else k: v for k, v in metrics.items()}
+        report_epoch(trainer, metrics, write_predictions if trainer.epoch == cfg.epochs else None)
 
 
 def bootstrap_ci(per_seed: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

@@ -40,10 +40,25 @@ class UsageError(ValueError):
     """Bad input: reported as one line naming the fix, exit code 2."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless its help already says what the default is."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or "preset:" in (action.help or "") or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _by_preset(key: str) -> str:
+    from search.presets import PRESETS
+
+    return "preset: " + ", ".join(f"{name} {values[key]}" for name, values in PRESETS.items())
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Hyperparameter search for face age/gender CNNs (Ray Tune + Optuna TPE + ASHA).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     p.add_argument("--arch", default="both", choices=ARCH_CHOICES, help="architecture(s) to search")
     p.add_argument("--data", default=None, help="folder of UTKFace crops (default: $UTKFACE_DIR)")
     p.add_argument("--preset", default="full", choices=PRESET_NAMES,
@@ -54,15 +69,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same --name")
     p.add_argument("--stage", default="all", choices=STAGES,
                    help="all: search, retrain, report; or one stage against an existing experiment")
-    p.add_argument("--top-k", type=int, default=None, help="configurations retrained after the search (preset's if unset)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per retrained configuration (preset's if unset)")
-    p.add_argument("--num-samples", type=int, default=None, help="trials per architecture (preset's if unset)")
-    p.add_argument("--max-epochs", type=int, default=None, help="epochs a trial may run; ASHA's max_t (preset's if unset)")
-    p.add_argument("--grace-period", type=int, default=None, help="epochs before ASHA may stop a trial (preset's if unset)")
-    p.add_argument("--reduction-factor", type=int, default=None, help="ASHA keeps 1/this of trials per rung (preset's if unset)")
+    p.add_argument("--top-k", type=int, default=None, help=f"configurations retrained after the search ({_by_preset('retrain_top_k')})")
+    p.add_argument("--seeds", type=int, default=None, help=f"seeds per retrained configuration ({_by_preset('retrain_seeds')})")
+    p.add_argument("--num-samples", type=int, default=None, help=f"trials per architecture ({_by_preset('num_samples')})")
+    p.add_argument("--max-epochs", type=int, default=None, help=f"epochs a trial may run; ASHA's max_t ({_by_preset('max_epochs')})")
+    p.add_argument("--grace-period", type=int, default=None, help=f"epochs before ASHA may stop a trial ({_by_preset('grace_period')})")
+    p.add_argument("--reduction-factor", type=int, default=None, help=f"ASHA keeps 1/this of trials per rung ({_by_preset('reduction_factor')})")
     p.add_argument("--scheduler", default="asha", choices=("asha", "fifo"), help="fifo runs every trial to the end")
-    p.add_argument("--image-size", type=int, default=None, help="training image size in pixels (preset's if unset)")
-    p.add_argument("--max-images", type=int, default=None, help="use a seeded subset of this many images; 0 = all")
+    p.add_argument("--image-size", type=int, default=None, help=f"training image size in pixels ({_by_preset('image_size')})")
+    p.add_argument("--max-images", type=int, default=None, help=f"use a seeded subset of this many images; 0 = all ({_by_preset('max_images')})")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial reserves")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPUs each trial reserves; fractions pack trials on one GPU, each capped to its share of "

@@ -10,7 +10,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from ray import tune
@@ -42,27 +42,38 @@ def limit_resources() -> None:
         torch.cuda.set_per_process_memory_fraction(gpu_share)
 
 
-def train_trial(config: dict[str, Any], data: TrialData) -> None:
-    """Tune's trainable: overlay the trial's ``config`` on the search's base config, train, report each epoch."""
-    limit_resources()
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    diverged = trial_dir / DIVERGED_FILE
-    if diverged.exists():
-        # a retry after divergence would diverge again from the same checkpoint; end with the original reason
-        raise NonFiniteLossError(json.loads(diverged.read_text())["reason"])
-    cfg = TrainConfig.from_dict({**data.base_config, **config})
-    faces = data.faces[cfg.image_size]
-    train, val = fit_parts(faces, data.split, cfg)
-    trainer = Trainer(cfg, train, val, imagenet_state=data.imagenet_state)
+def restored_trainer(cfg: TrainConfig, data: TrialData) -> tuple[Trainer, Faces]:
+    """A Trainer for ``cfg`` on the shared data, restored from Tune's checkpoint when the trial is a retry or a
+    resumed one; also returns the held-out part it scores on."""
+    train, held_out = fit_parts(data.faces[cfg.image_size], data.split, cfg)
+    trainer = Trainer(cfg, train, held_out, imagenet_state=data.imagenet_state)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load_checkpoint(torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True))
+    return trainer, held_out
+
+
+def report_epoch(trainer: Trainer, metrics: dict[str, Any], write_extra: Callable[[str], None] | None = None) -> None:
+    """Report one epoch's metrics to Tune with a checkpoint of the trainer (and any extra files written beside it)."""
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(trainer.checkpoint(), os.path.join(folder, CHECKPOINT_FILE))
+        if write_extra is not None:
+            write_extra(folder)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def train_trial(config: dict[str, Any], data: TrialData) -> None:
+    """Tune's trainable: overlay the trial's ``config`` on the search's base config, train, report each epoch."""
+    limit_resources()
+    diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED_FILE
+    if diverged.exists():
+        # a retry after divergence would diverge again from the same checkpoint; end with the original reason
+        raise NonFiniteLossError(json.loads(diverged.read_text())["reason"])
+    trainer, _ = restored_trainer(TrainConfig.from_dict({**data.base_config, **config}), data)
     try:
         for metrics in trainer.epochs():
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save(trainer.checkpoint(), os.path.join(folder, CHECKPOINT_FILE))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            report_epoch(trainer, metrics)
     except NonFiniteLossError as err:
         diverged.write_text(json.dumps({"reason": str(err)}))
         raise

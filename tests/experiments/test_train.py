@@ -102,4 +102,6 @@ def test_cli_writes_a_complete_run_folder(data_dir, tmp_path):
 def test_cli_bad_input_fails_with_a_message(tmp_path):
     cmd = [sys.executable, "experiments/train.py", "--data", str(tmp_path / "missing"), "--epochs", "1"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "does not exist" in result.stderr
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run(cmd[:2] + ["--set", "learning_rate=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown config key" in result.stderr and "Traceback" not in result.stderr

@@ -52,7 +52,8 @@ def test_retrained_top_configs_with_seeds(tiny_search, arch):
         assert row["n_test"] == 45
     for _, run in runs.iterrows():  # the reported final metrics are those of the saved test predictions
         preds = pd.read_csv(folder / f"{arch}-retrain" / "test_predictions" / f"{run['trial_id']}.csv")
-        assert ((preds["p_female"] > 0.5).astype(int) == preds["gender"]).mean() == pytest.approx(run["test_gender_acc"], abs=1e-6)
+        accuracy = ((preds["p_female"] > 0.5).astype(int) == preds["gender"]).mean()
+        assert accuracy == pytest.approx(run["test_gender_acc"], abs=1e-6)
         assert (preds["pred_age"] - preds["age"]).abs().mean() == pytest.approx(run["test_age_mae"], rel=1e-5)
     best = json.loads((folder / f"{arch}-retrain" / "best_model.json").read_text())
     top = runs[runs["rank"] == 0]
