@@ -69,15 +69,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same --name")
     p.add_argument("--stage", default="all", choices=STAGES,
                    help="all: search, retrain, report; or one stage against an existing experiment")
-    p.add_argument("--top-k", type=int, default=None, help=f"configurations retrained after the search ({_by_preset('retrain_top_k')})")
-    p.add_argument("--seeds", type=int, default=None, help=f"seeds per retrained configuration ({_by_preset('retrain_seeds')})")
-    p.add_argument("--num-samples", type=int, default=None, help=f"trials per architecture ({_by_preset('num_samples')})")
-    p.add_argument("--max-epochs", type=int, default=None, help=f"epochs a trial may run; ASHA's max_t ({_by_preset('max_epochs')})")
-    p.add_argument("--grace-period", type=int, default=None, help=f"epochs before ASHA may stop a trial ({_by_preset('grace_period')})")
-    p.add_argument("--reduction-factor", type=int, default=None, help=f"ASHA keeps 1/this of trials per rung ({_by_preset('reduction_factor')})")
+    for flag, key, text in (("--top-k", "retrain_top_k", "configurations retrained after the search"),
+                            ("--seeds", "retrain_seeds", "seeds per retrained configuration"),
+                            ("--num-samples", "num_samples", "trials per architecture"),
+                            ("--max-epochs", "max_epochs", "epochs a trial may run; ASHA's max_t"),
+                            ("--grace-period", "grace_period", "epochs before ASHA may stop a trial"),
+                            ("--reduction-factor", "reduction_factor", "ASHA keeps 1/this of trials per rung"),
+                            ("--image-size", "image_size", "training image size in pixels"),
+                            ("--max-images", "max_images", "use a seeded subset of this many images; 0 = all")):
+        p.add_argument(flag, type=int, default=None, help=f"{text} ({_by_preset(key)})")
     p.add_argument("--scheduler", default="asha", choices=("asha", "fifo"), help="fifo runs every trial to the end")
-    p.add_argument("--image-size", type=int, default=None, help=f"training image size in pixels ({_by_preset('image_size')})")
-    p.add_argument("--max-images", type=int, default=None, help=f"use a seeded subset of this many images; 0 = all ({_by_preset('max_images')})")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial reserves")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPUs each trial reserves; fractions pack trials on one GPU, each capped to its share of "
