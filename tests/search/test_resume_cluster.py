@@ -89,15 +89,29 @@ def test_existing_local_cluster_reached_with_address(data_dir, tmp_path):
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    start = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                            f"--temp-dir={temp_dir}"], capture_output=True, text=True, env=env, timeout=120)
-    assert start.returncode == 0, start.stderr
+    # --block keeps `ray start` in the foreground, so ending its process group stops this cluster and no other
+    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", f"--temp-dir={temp_dir}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        deadline = time.time() + 120
+        while True:
+            assert head.poll() is None, "ray start --head exited"
+            assert time.time() < deadline, "the Ray head did not come up"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
         result = run_cli("--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "cluster",
-                         "--num-samples", "2", "--address", f"127.0.0.1:{port}", *TINY)
+                         "--num-samples", "2", "--address", f"127.0.0.1:{port}", "--stage", "search", *TINY)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         trials = pd.read_csv(tmp_path / "cluster" / "scratch" / "trials.csv")
         assert len(trials) == 2 and (trials["status"] != "failed").all()
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
