@@ -28,6 +28,7 @@ from data_utils.scan import AGE_BANDS, age_band  # noqa: E402
 from experiments.config import TrainConfig, load_config_file  # noqa: E402
 from experiments.objective import METRIC, REFERENCE_AGE_MAE, REFERENCE_GENDER_ERROR  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
+from search.tuning import open_study_storage  # noqa: E402
 
 ARCHS = ("scratch", "pretrained")
 LABELS = {"scratch": "Model A (scratch CNN)", "pretrained": "Model B (pretrained MobileNetV2)"}
@@ -141,10 +142,10 @@ def load_arch(root: Path, arch: str, name: str) -> ArchResults | None:
     if not (folder / "trials.csv").is_file():
         return None
     study = None
-    if (folder / "optuna.db").is_file():
+    if (folder / "optuna.db").is_file() or (folder / "optuna.journal").is_file():
         try:
-            study = optuna.load_study(study_name=f"{name}-{arch}", storage=f"sqlite:///{folder / 'optuna.db'}")
-        except KeyError:
+            study = optuna.load_study(study_name=f"{name}-{arch}", storage=open_study_storage(folder))
+        except KeyError:  # no study of that name: the search never sampled
             study = None
     retrain = root / f"{arch}-retrain"
     read = lambda p: pd.read_csv(p) if p.is_file() and p.stat().st_size > 1 else pd.DataFrame()  # noqa: E731

@@ -304,7 +304,7 @@ def run_search(s: Settings, args: argparse.Namespace, arch: str, data, gpus_per_
                       max_epochs=s.max_epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor,
                       concurrency=concurrency, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                       seed=args.seed, scheduler=args.scheduler, max_failures=args.max_failures,
-                      space_overrides=s.space_overrides.get(arch), optuna_storage=f"sqlite:///{local / 'optuna.db'}")
+                      space_overrides=s.space_overrides.get(arch), optuna_folder=str(local))
     (local / "search_plan.json").write_text(json.dumps(dataclasses.asdict(plan), indent=2, default=str) + "\n")
     resume = args.resume and tune.Tuner.can_restore(plan.experiment_dir)
     print(f"\n== {arch}: {'resuming' if resume else 'starting'} {s.num_samples} trials × ≤{s.max_epochs} epochs, "

@@ -36,11 +36,26 @@ class SearchPlan:
     scheduler: str = "asha"  # asha or fifo (no early stopping; for benchmarks)
     max_failures: int = 2
     space_overrides: dict[str, Any] | None = None
-    optuna_storage: str | None = None  # e.g. sqlite:////abs/path/optuna.db
+    optuna_folder: str | None = None  # local folder of the study's storage (see open_study_storage)
 
     @property
     def study_name(self) -> str:
         return f"{Path(self.experiment_dir).parent.name}-{self.arch}"
+
+
+def open_study_storage(folder: Path) -> optuna.storages.BaseStorage:
+    """An architecture's Optuna storage: SQLite (``optuna.db``) where SQLAlchemy is installed, else a journal file
+    (``optuna.journal``); optuna-dashboard opens both. An existing journal is kept using."""
+    journal = folder / "optuna.journal"
+    try:
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        sqlalchemy = None
+    if sqlalchemy is None or (journal.exists() and not (folder / "optuna.db").exists()):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    return optuna.storages.RDBStorage(f"sqlite:///{folder / 'optuna.db'}")
 
 
 def search_space(plan: SearchPlan) -> dict[str, Any]:
@@ -107,7 +122,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
 def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
     sampler = optuna.samplers.TPESampler(seed=plan.seed, multivariate=True, constant_liar=True)
-    storage = optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None
+    storage = open_study_storage(Path(plan.optuna_folder)) if plan.optuna_folder else None
     # a define-by-run space makes OptunaSearch ignore TuneConfig's metric and mode, so it is told directly
     searcher = PrunedAwareOptunaSearch(space=DefineByRun(search_space(plan)), metric=METRIC, mode=MODE,
                                        sampler=sampler, storage=storage, study_name=plan.study_name,
@@ -159,9 +174,9 @@ def close_stale_trials(plan: SearchPlan) -> int:
     After a driver is killed, the restored searcher comes from Tune's last saved state, so a trial it
     asked Optuna for after that save stays RUNNING in the study although Tune never ran it.
     """
-    if not plan.optuna_storage:
+    if not plan.optuna_folder:
         return 0
-    storage = optuna.storages.RDBStorage(plan.optuna_storage)
+    storage = open_study_storage(Path(plan.optuna_folder))
     study = optuna.load_study(study_name=plan.study_name, storage=storage)
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in stale:

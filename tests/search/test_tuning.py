@@ -1,4 +1,6 @@
-"""The search's building blocks: the unfreeze/grace rule, pruned bookkeeping, failing trials."""
+"""The search's building blocks: the unfreeze/grace rule, pruned bookkeeping, failing trials, study storage."""
+import sys
+
 import optuna
 import pytest
 import ray
@@ -8,7 +10,7 @@ from experiments.config import TrainConfig
 from search.results import trial_rows
 from search.spaces import GRACE, SPACES, Categorical, Float, Int
 from search.trainable import TrialData
-from search.tuning import DefineByRun, PrunedAwareOptunaSearch, SearchPlan, make_tuner, search_space
+from search.tuning import DefineByRun, PrunedAwareOptunaSearch, SearchPlan, make_tuner, open_study_storage, search_space
 
 
 def plan(arch="scratch", **kw):
@@ -88,3 +90,19 @@ def test_raising_and_diverging_trials_do_not_end_the_search(local_ray, data_dir,
     assert (rows.loc[diverged | raised, "status"] == "failed").all()
     assert (rows["status"] == "completed").sum() == (~(diverged | raised)).sum() >= 1
     assert (rows.loc[rows["status"] == "completed", "config/lr"] == 1e-3).all()
+
+
+def test_study_storage_is_sqlite_or_a_journal_without_sqlalchemy(tmp_path, monkeypatch):
+    assert isinstance(open_study_storage(tmp_path), optuna.storages.RDBStorage)
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # as on a machine without SQLAlchemy
+    other = tmp_path / "other"
+    other.mkdir()
+    storage = open_study_storage(other)
+    assert isinstance(storage, optuna.storages.JournalStorage)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert (other / "optuna.journal").is_file()
+    monkeypatch.delitem(sys.modules, "sqlalchemy")
+    # an experiment that started with a journal keeps using it
+    assert isinstance(open_study_storage(other), optuna.storages.JournalStorage)
+    assert len(optuna.load_study(study_name="s", storage=open_study_storage(other)).trials) == 2
