@@ -132,10 +132,10 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         storage = str(Path(args.storage_path).expanduser().resolve())
         local_root = Path(storage) / name
     saved = {}
-    if args.stage in ("retrain", "report"):
-        # a later stage reuses the experiment's own data and budgets, whatever the preset says now
-        if not (local_root / SETTINGS_FILE).is_file():
-            raise UsageError(f"no experiment at {local_root}; run the search stage first or fix --name/--storage-path")
+    if args.stage in ("retrain", "report") and not (local_root / SETTINGS_FILE).is_file():
+        raise UsageError(f"no experiment at {local_root}; run the search stage first or fix --name/--storage-path")
+    if (args.stage in ("retrain", "report") or args.resume) and (local_root / SETTINGS_FILE).is_file():
+        # a resumed search or a later stage keeps the experiment's own data and budgets, unless a flag says otherwise
         saved = json.loads((local_root / SETTINGS_FILE).read_text())
         preset.update({k: saved[k] for k in ("num_samples", "max_epochs", "grace_period", "reduction_factor",
                                              "image_size", "max_images", "retrain_top_k", "retrain_seeds")})

@@ -67,11 +67,13 @@ def test_resume_after_the_driver_is_killed(data_dir, tmp_path):
     before = terminated_trials(experiment)
     assert 1 <= len(before) < 6
 
-    result = run_cli(*args, "--resume")
+    # the resumed run names only the experiment: data, budgets and --set values come from its saved settings
+    result = run_cli("--arch", "scratch", "--storage-path", tmp_path, "--name", "killed", "--preset", "quick", "--resume")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "resuming 6 trials" in result.stdout
     trials = pd.read_csv(experiment / "trials.csv")
     assert len(trials) == 6 and (trials["status"] != "failed").all()
+    assert set(trials["epochs"]) <= {1, 2, 3} and (trials["status"] == "completed").sum() == (trials["epochs"] == 3).sum()
     for trial_id, text in before.items():  # finished trials are kept as they were, never re-run
         folder = next(experiment.glob(f"train_trial_{trial_id}_*"))
         assert (folder / "result.json").read_text() == text
