@@ -21,6 +21,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -285,8 +286,6 @@ def prepare_data(cfg: TrainConfig) -> tuple[Faces, Split]:
 def fit_parts(faces: Faces, split: Split, cfg: TrainConfig) -> tuple[Faces, Faces]:
     """The (train, validation) parts for ``cfg``: train+val against test when ``train_on_val`` (final retraining)."""
     if cfg.train_on_val:
-        import numpy as np
-
         return faces.subset(np.concatenate([split.train, split.val])), faces.subset(split.test)
     return faces.subset(split.train), faces.subset(split.val)
 

@@ -80,12 +80,13 @@ def summarize(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> pd.Da
         correct = np.stack([((p["p_female"] > 0.5).astype(int) == p["gender"]).to_numpy(float) for p in preds])
         abs_err = np.stack([(p["pred_age"] - p["age"]).abs().to_numpy(float) for p in preds])
         acc, mae = correct.mean(axis=1), abs_err.mean(axis=1)
+        acc_ci, mae_ci = bootstrap_ci(correct), bootstrap_ci(abs_err)
         rows.append({
             "rank": int(rank), "seeds": len(group),
             "test_gender_acc_mean": acc.mean(), "test_gender_acc_std": acc.std(ddof=1) if len(acc) > 1 else 0.0,
-            "test_gender_acc_ci_low": bootstrap_ci(correct)[0], "test_gender_acc_ci_high": bootstrap_ci(correct)[1],
+            "test_gender_acc_ci_low": acc_ci[0], "test_gender_acc_ci_high": acc_ci[1],
             "test_age_mae_mean": mae.mean(), "test_age_mae_std": mae.std(ddof=1) if len(mae) > 1 else 0.0,
-            "test_age_mae_ci_low": bootstrap_ci(abs_err)[0], "test_age_mae_ci_high": bootstrap_ci(abs_err)[1],
+            "test_age_mae_ci_low": mae_ci[0], "test_age_mae_ci_high": mae_ci[1],
             f"test_{METRIC}_mean": float(np.mean([objective(a, m) for a, m in zip(acc, mae)])),
             "epoch_seconds_mean": float(group["epoch_seconds_mean"].mean()),
             "n_test": correct.shape[1],
