@@ -119,6 +119,18 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a dict; JSON lists, objects, strings and true/false/null are decoded,
+    other values stay strings for ``TrainConfig.from_dict`` to cast."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        values[key] = json.loads(value) if value[:1] in "[{\"" or value in ("true", "false", "null") else value
+    return values
+
+
 def preset_names() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
 from data_utils.dataset import Faces, NoUsableImagesError, Split, load_faces, make_split  # noqa: E402
-from experiments.config import TrainConfig, load_config_file  # noqa: E402
+from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
 from experiments.objective import METRIC, objective  # noqa: E402
 from models import AgeGenderNet, build_model, count_parameters  # noqa: E402
 
@@ -322,11 +322,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              "max_images": args.max_images, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "device": args.device, "weights_path": args.weights, "cache_dir": args.cache_dir}
     values.update({k: v for k, v in flags.items() if v is not None})
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        values[key] = json.loads(value) if value[:1] in "[{\"" or value in ("true", "false", "null") else value
+    values.update(parse_overrides(args.set))
     if not values.get("data_dir") and os.environ.get("UTKFACE_DIR"):
         values["data_dir"] = os.environ["UTKFACE_DIR"]
     return TrainConfig.from_dict(values)

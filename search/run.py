@@ -122,6 +122,7 @@ class Settings:
 def resolve_settings(args: argparse.Namespace) -> Settings:
     """Overlay flags on the preset and check every value; raises ``UsageError`` naming the fix."""
     from data_utils.dataset import resolve_data_dir
+    from experiments.config import parse_overrides
     from search.presets import PRESETS
 
     preset = dict(PRESETS[args.preset])
@@ -175,12 +176,10 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     if s.retrain_top_k < 1 or s.retrain_seeds < 1:
         raise UsageError(f"--top-k and --seeds must be at least 1, got {s.retrain_top_k} and {s.retrain_seeds}")
-    s.base_overrides = dict(saved.get("base_overrides", {}))
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set takes KEY=VALUE, got {item!r}")
-        s.base_overrides[key] = value
+    try:
+        s.base_overrides = {**saved.get("base_overrides", {}), **parse_overrides(args.set)}
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     try:
         base_config(s, args, "scratch")
     except (KeyError, ValueError) as err:

@@ -19,7 +19,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
-from experiments.config import TrainConfig  # noqa: E402
+from experiments.config import TrainConfig, parse_overrides  # noqa: E402
 from experiments.train import loss_terms, make_optimizer, resolve_device, to_input  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
 
@@ -43,7 +43,7 @@ def device_name(device: torch.device) -> str:
 
 
 def time_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dict:
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = parse_overrides(args.set)
     cfg = TrainConfig.from_dict({"arch": arch, "image_size": args.image_size, "batch_size": args.batch_size,
                                  "unfreeze_epoch": 0, **overrides})
     model = build_model(cfg, load_weights=False).to(device)
