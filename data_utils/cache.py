@@ -85,7 +85,13 @@ def cache_key(files: list[FaceFile], size: int) -> str:
     return hashlib.sha256(payload).hexdigest()[:20]
 
 
-def _decode_file(path: str, size: int) -> tuple[torch.Tensor | None, list[str], str | None]:
+def decode_workers() -> int:
+    """Threads for decoding: PIL releases the GIL while it decodes, so one per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def decode_file(path: str | os.PathLike, size: int) -> tuple[torch.Tensor | None, list[str], str | None]:
+    """Read and decode one file: (tensor, conversion notes, None), or (None, [], skip reason)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -99,9 +105,8 @@ def _decode_file(path: str, size: int) -> tuple[torch.Tensor | None, list[str], 
 
 def build_cache(files: list[FaceFile], size: int) -> dict:
     """Decode ``files`` (threads: PIL releases the GIL while decoding) into the cache's dict form."""
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda f: _decode_file(f.path, size), files))
+    with ThreadPoolExecutor(decode_workers()) as pool:
+        results = list(pool.map(lambda f: decode_file(f.path, size), files))
     kept, skipped, converted = [], {}, Counter()
     for f, (tensor, notes, reason) in zip(files, results):
         if reason is not None:

@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from data_utils.cache import DecodeError, decode_face  # noqa: E402
+from data_utils.cache import decode_file  # noqa: E402
 from data_utils.dataset import resolve_data_dir  # noqa: E402
 from experiments.train import load_model  # noqa: E402
 from models.heads import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -91,15 +91,15 @@ def checkpoint_path(experiment: Path, arch: str, entry: dict) -> Path:
 
 def check_images(data_dir: Path, image_size: int, names: list[str]) -> torch.Tensor:
     """Up to CHECK_IMAGES real crops (test-split names first), as float N×3×S×S in [0, 1]."""
-    candidates = [data_dir / n for n in names] + sorted(p for p in data_dir.iterdir() if p.is_file())
+    # dict.fromkeys keeps the order and drops the test images' second appearance in the folder listing
+    candidates = dict.fromkeys([data_dir / n for n in names] + sorted(p for p in data_dir.iterdir() if p.is_file()))
     images = []
     for path in candidates:
         if len(images) == CHECK_IMAGES:
             break
-        try:
-            images.append(decode_face(path.read_bytes(), image_size)[0])
-        except (DecodeError, OSError):
-            continue
+        tensor, _, _ = decode_file(path, image_size)
+        if tensor is not None:
+            images.append(tensor)
     if not images:
         raise ExportError(f"no decodable face crops in {data_dir} to check the export on; pass --data DIR")
     return torch.stack(images).float() / 255

@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from data_utils.cache import DecodeError, decode_face  # noqa: E402
+from data_utils.cache import decode_file, decode_workers  # noqa: E402
 from data_utils.scan import scan_folder  # noqa: E402
 from experiments.config import TrainConfig  # noqa: E402
 from models import build_model  # noqa: E402
@@ -60,22 +60,13 @@ def load_export(folder: str | os.PathLike) -> tuple[torch.nn.Module, TrainConfig
     return model.eval(), cfg
 
 
-def _decode(path: Path, size: int) -> tuple[torch.Tensor | None, str | None]:
-    try:
-        return decode_face(path.read_bytes(), size)[0], None
-    except DecodeError as err:
-        return None, err.reason
-    except OSError as err:
-        return None, f"unreadable_file ({err.strerror})"
-
-
 @torch.no_grad()
 def predict_files(model: torch.nn.Module, paths: list[Path], size: int, batch_size: int = 64):
     """Yield (path, age, p_female) for each decodable file and (path, None, reason) for the others, in order."""
-    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(decode_workers()) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
-            decoded = list(pool.map(lambda p: _decode(p, size), chunk))
+            decoded = [(tensor, reason) for tensor, _, reason in pool.map(lambda p: decode_file(p, size), chunk)]
             good = [i for i, (t, _) in enumerate(decoded) if t is not None]
             results = {}
             if good:
@@ -124,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
     for path, age, p_female in predict_files(model, paths, cfg.image_size, args.batch_size):
         if age is None:
             errors += 1
-            skipped[p_female.split(" ")[0]] += 1
+            skipped[p_female] += 1
             print(f"skipped {path}: {p_female}", file=sys.stderr)
             continue
         row = {"file": str(path), "age": age, "p_female": p_female,
