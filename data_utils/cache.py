@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,15 @@ from data_utils.scan import FaceFile
 
 CACHE_VERSION = 1
 NATIVE_SIZE = (200, 200)  # UTKFace's aligned-and-cropped faces
+# below 16 px a face is a few blobs; above 512 px the 200 px crops are only upsampled while memory grows as S²
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 512
+
+
+def check_image_size(size: int) -> None:
+    """Raise ``ValueError`` unless ``size`` is a trainable image size."""
+    if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels "
+                         f"(the crops are {NATIVE_SIZE[0]} px), got {size}")
 
 
 class DecodeError(ValueError):
@@ -128,16 +138,39 @@ def build_cache(files: list[FaceFile], size: int) -> dict:
     }
 
 
+def read_cache(path: Path) -> dict | None:
+    """The cache at ``path``, or None when it is missing, truncated, corrupt or of another version."""
+    try:
+        cache = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:  # truncated or corrupt: torch raises RuntimeError, EOFError or an unpickling error
+        return None
+    try:
+        n = cache["images"].shape[0]
+        ok = (cache["version"] == CACHE_VERSION and cache["images"].dtype == torch.uint8
+              and tuple(cache["images"].shape[1:]) == (3, cache["size"], cache["size"])
+              and len(cache["ages"]) == len(cache["genders"]) == len(cache["names"]) == len(cache["sha256"]) == n)
+    except (KeyError, TypeError, AttributeError, IndexError):
+        ok = False
+    return cache if ok else None
+
+
 def load_or_build(files: list[FaceFile], size: int, cache_dir: str | os.PathLike | None = None) -> tuple[dict, Path, bool]:
-    """Return (cache dict, cache path, built_now). Builds under a file lock when no valid cache exists."""
+    """Return (cache dict, cache path, built_now). Builds under a file lock when no valid cache exists; a
+    truncated or corrupt cache file is replaced."""
+    check_image_size(size)
     directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"faces-{cache_key(files, size)}-s{size}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True), path, False
+    if path.exists() and (cache := read_cache(path)) is not None:
+        return cache, path, False
     with FileLock(str(path) + ".lock"):
-        if path.exists():  # another process built it while this one waited for the lock
-            return torch.load(path, weights_only=True), path, False
+        if path.exists():  # another process built it while this one waited for the lock, or it is damaged
+            cache = read_cache(path)
+            if cache is not None:
+                return cache, path, False
+            print(f"note: the tensor cache {path} is truncated or corrupt; rebuilding it", file=sys.stderr)
         cache = build_cache(files, size)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=path.name, suffix=".tmp")
         try:

@@ -9,12 +9,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_utils.cache import load_or_build
+from data_utils.cache import check_image_size, load_or_build
 from data_utils.scan import ScanReport, age_band, scan_folder, summarize_labels
 
 
 class NoUsableImagesError(RuntimeError):
     """Raised when a folder holds nothing that can be trained on."""
+
+
+class TooFewImagesError(ValueError):
+    """The usable images are too few, or of one gender only, for a train/validation/test split worth scoring."""
+
+
+class SplitMismatchError(ValueError):
+    """A saved split names images that the data folder no longer holds."""
+
+
+# below this a test split holds a handful of faces, and its accuracy (0% or 100%) says nothing
+MIN_SPLIT_IMAGES = 50
 
 
 @dataclass
@@ -49,8 +61,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 def load_faces(data_dir: str | os.PathLike | None, image_size: int = 128,
                cache_dir: str | os.PathLike | None = None) -> Faces:
     """Scan a folder, decode it once into the tensor cache (or reuse it), and report what was skipped."""
-    if image_size < 16:
-        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+    check_image_size(image_size)
     files, report = scan_folder(resolve_data_dir(data_dir))
     cache, path, _ = load_or_build(files, image_size, cache_dir)
     for reason, names in cache["skipped"].items():
@@ -96,10 +107,25 @@ class Split:
         for part in ("train", "val", "test"):
             missing = [h for h in saved[part] if h not in row]
             if missing:
-                raise ValueError(f"split {path}: {len(missing)} {part} images are no longer in the data folder")
+                raise SplitMismatchError(
+                    f"the data folder {faces.report.folder} no longer holds {len(missing)} of the {len(saved[part])} "
+                    f"{part} images of the saved split {path}; pass --data with the folder the experiment was made from")
             parts[part] = np.array([row[h] for h in saved[part]], dtype=np.int64)
         fr = saved["fractions"]
         return cls(parts["train"], parts["val"], parts["test"], saved["seed"], (fr["train"], fr["val"], fr["test"]))
+
+
+def check_enough(faces: Faces, rows: np.ndarray, max_images: int, fractions: tuple[float, float, float]) -> None:
+    """Refuse (``TooFewImagesError``, saying what was found) data too small or too one-sided to split and score."""
+    genders = faces.genders[torch.as_tensor(rows, dtype=torch.int64)]
+    n, female = len(rows), int(genders.sum())
+    if n >= MIN_SPLIT_IMAGES and 0 < female < n:
+        return
+    where = f"max_images {max_images} leaves" if 0 < max_images < len(faces) else f"{faces.report.folder or 'the data'} holds"
+    parts = "/".join(f"{f:.0%}" for f in fractions)
+    raise TooFewImagesError(
+        f"{where} {n} usable image(s) ({n - female} male, {female} female): too few for a {parts} split; need at "
+        f"least {MIN_SPLIT_IMAGES} with both genders (add images, or raise --max-images)")
 
 
 def make_split(faces: Faces, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
@@ -118,6 +144,7 @@ def make_split(faces: Faces, val_fraction: float = 0.15, test_fraction: float = 
     if 0 < max_images < len(faces):
         order = np.sort(rng.choice(order, size=max_images, replace=False))
         order = order[np.argsort(np.array(faces.sha256)[order])]
+    check_enough(faces, order, max_images, (1 - val_fraction - test_fraction, val_fraction, test_fraction))
     strata: dict[tuple[int, str], list[int]] = {}
     ages, genders = faces.ages.tolist(), faces.genders.tolist()
     for i in order.tolist():

@@ -117,41 +117,68 @@ def age_band(age: int) -> str:
     raise ValueError(f"age {age} outside {AGE_MIN}-{AGE_MAX}")
 
 
-def _sha256(path: str) -> str:
+def _sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def list_files(folder: str | os.PathLike, report: ScanReport) -> list[Path]:
+    """The regular files directly in ``folder``, sorted by name. Every other entry is counted in ``report``:
+    sub-folders, links that lead nowhere or loop, and entries that cannot be examined.
+
+    Raises ``FileNotFoundError``/``NotADirectoryError``/``PermissionError`` with a message naming the fix.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise FileNotFoundError(f"data folder {str(root)!r} does not exist; pass --data DIR or set UTKFACE_DIR")
+    if not root.is_dir():
+        raise NotADirectoryError(f"data path {str(root)!r} is not a folder of UTKFace images")
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except PermissionError:
+        raise PermissionError(f"data folder {str(root)!r} cannot be listed (permission denied); "
+                              "make it readable or pass another --data DIR") from None
+    files = []
+    for entry in entries:
+        report.files_seen += 1
+        try:
+            if entry.is_dir(follow_symlinks=True):
+                report.skip("subfolder", entry.name)
+                continue
+            if not entry.is_file(follow_symlinks=True):
+                report.skip("broken_link" if entry.is_symlink() else "not_a_regular_file", entry.name)
+                continue
+        except OSError:  # a link loop (ELOOP) or an entry this user may not examine
+            report.skip("broken_link" if entry.is_symlink() else "unreadable_file", entry.name)
+            continue
+        files.append(Path(entry.path))
+    return files
 
 
 def scan_folder(folder: str | os.PathLike) -> tuple[list[FaceFile], ScanReport]:
     """Scan ``folder`` (not recursively) and return its de-duplicated usable files, sorted by name, and a report.
 
-    Raises ``FileNotFoundError``/``NotADirectoryError`` for a bad path. An empty result is not an error here:
-    ``data_utils.dataset.load_faces`` decides that after decoding.
+    Raises ``FileNotFoundError``/``NotADirectoryError``/``PermissionError`` for a bad path. An empty result is not
+    an error here: ``data_utils.dataset.load_faces`` decides that after decoding.
     """
     root = Path(folder).expanduser().resolve()
-    if not root.exists():
-        raise FileNotFoundError(f"data folder {str(root)!r} does not exist; pass --data DIR or set UTKFACE_DIR")
-    if not root.is_dir():
-        raise NotADirectoryError(f"data path {str(root)!r} is not a folder of UTKFace images")
     report = ScanReport(folder=str(root))
     candidates: list[FaceFile] = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        report.files_seen += 1
-        if entry.is_dir(follow_symlinks=True):
-            report.skip("subfolder", entry.name)
-            continue
-        if not entry.is_file(follow_symlinks=True):
-            report.skip("not_a_regular_file", entry.name)
+    for path in list_files(root, report):
+        try:
+            label = parse_name(path.name)
+        except LabelError as err:
+            report.skip(err.reason, path.name)
             continue
         try:
-            label = parse_name(entry.name)
-        except LabelError as err:
-            report.skip(err.reason, entry.name)
+            if path.stat().st_size == 0:
+                report.skip("empty_file", path.name)
+                continue
+            digest = _sha256(path)
+        except OSError:  # unreadable for this user, or gone since it was listed
+            report.skip("unreadable_file", path.name)
             continue
-        if entry.stat().st_size == 0:
-            report.skip("empty_file", entry.name)
-            continue
-        candidates.append(FaceFile(entry.path, entry.name, label.age, label.gender, _sha256(entry.path)))
+        candidates.append(FaceFile(str(path), path.name, label.age, label.gender, digest))
     return dedupe(candidates, report), report
 
 

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from data_utils.cache import check_image_size
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "plateau", "none")
@@ -73,7 +75,8 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        for name in ("image_size", "batch_size", "epochs", "dense_units", "base_width"):
+        check_image_size(self.image_size)
+        for name in ("batch_size", "epochs", "dense_units", "base_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
@@ -86,13 +89,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
         """Overlay ``values`` on ``base`` (or the defaults). Unknown keys raise, naming the valid ones."""
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise UnknownConfigKeyError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
-        hints = get_type_hints(cls)
         merged = asdict(base) if base is not None else {}
-        merged.update({k: _coerce(k, v, hints[k]) for k, v in values.items()})
+        merged.update(coerce_values(values))
         return cls(**merged)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +100,16 @@ class TrainConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def coerce_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` cast to ``TrainConfig``'s field types; unknown keys raise, naming the valid ones."""
+    valid = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise UnknownConfigKeyError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+    hints = get_type_hints(TrainConfig)
+    return {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Cast JSON/CLI/search values to the field's type (Optuna hands out numpy scalars, JSON gives ints for floats)."""
     if value is None:
@@ -109,25 +117,39 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     kinds = getattr(hint, "__args__", (hint,))
     if bool in kinds:
         if isinstance(value, str):
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError(f"config key {key} needs true or false, got {value!r}")
             return value.lower() in ("1", "true", "yes")
         return bool(value)
     for kind in (int, float, str):
         if kind in kinds:
             if kind is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(f"config key {key} needs a whole number, got {value}")
-            return kind(value)
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                noun = {int: "a whole number", float: "a number", str: "a string"}[kind]
+                raise ValueError(f"config key {key} needs {noun}, got {value!r}") from None
     return value
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` items as a dict; JSON lists, objects, strings and true/false/null are decoded,
-    other values stay strings for ``TrainConfig.from_dict`` to cast."""
+    other values stay strings for ``TrainConfig.from_dict`` to cast. Raises ``ValueError`` naming the item."""
     values = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        values[key] = json.loads(value) if value[:1] in "[{\"" or value in ("true", "false", "null") else value
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r} (e.g. --set lr=0.001)")
+        if not value.strip():
+            raise ValueError(f"--set {item}: no value after '='; give one, e.g. --set {key}=VALUE")
+        if value[:1] in "[{\"" or value in ("true", "false", "null"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--set {item}: the value is not valid JSON ({err.msg}); quote strings as "
+                                 f"'{key}=\"text\"' or write numbers plainly") from None
+        values[key] = value
     return values
 
 

@@ -9,6 +9,8 @@ Below 1 beats model A on the balance of the two; 0.5 would halve both errors.
 """
 from __future__ import annotations
 
+from typing import Any
+
 METRIC = "objective"
 MODE = "min"
 REFERENCE_AGE_MAE = 6.25
@@ -18,3 +20,24 @@ REFERENCE_GENDER_ERROR = 0.135
 def objective(gender_acc: float, age_mae: float) -> float:
     """The search objective (lower is better) from validation gender accuracy (0–1) and age MAE (years)."""
     return 0.5 * age_mae / REFERENCE_AGE_MAE + 0.5 * (1.0 - gender_acc) / REFERENCE_GENDER_ERROR
+
+
+# A face is called female when P(female) is at least this; training, retraining, the report and predict all
+# classify through ``predicted_female``.
+GENDER_THRESHOLD = 0.5
+
+
+def predicted_female(p_female: Any) -> Any:
+    """True where P(female) calls the face female; works on floats, numpy arrays, pandas series and tensors."""
+    return p_female >= GENDER_THRESHOLD
+
+
+def gender_accuracy(p_female: Any, gender: Any) -> float:
+    """Share of faces whose predicted gender (``predicted_female``) equals the label (1 = female)."""
+    import numpy as np
+
+    to_numpy = lambda x: x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)  # noqa: E731
+    p, g = to_numpy(p_female), to_numpy(gender)
+    if p.size == 0:
+        raise ValueError("gender accuracy of no faces is undefined")
+    return float((predicted_female(p) == (g == 1)).mean())

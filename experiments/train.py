@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
 from data_utils.dataset import Faces, NoUsableImagesError, Split, load_faces, make_split  # noqa: E402
 from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
-from experiments.objective import METRIC, objective  # noqa: E402
+from experiments.objective import METRIC, gender_accuracy, objective, predicted_female  # noqa: E402
 from models import AgeGenderNet, build_model, count_parameters  # noqa: E402
 
 
@@ -98,7 +98,7 @@ def score(model: AgeGenderNet, data: TensorData, age_weight: float) -> dict[str,
     age, gender = data.ages.cpu(), data.genders.cpu()
     logit = torch.logit(prob.clamp(1e-6, 1 - 1e-6))
     loss, _, _ = loss_terms(age_pred, logit, age, gender, age_weight)
-    acc = ((prob > 0.5).float() == gender).float().mean().item()
+    acc = gender_accuracy(prob, gender)
     mae = (age_pred - age).abs().mean().item()
     return {"loss": loss.item(), "gender_acc": acc, "age_mae": mae, METRIC: objective(acc, mae)}
 
@@ -124,21 +124,30 @@ def make_optimizer(model: AgeGenderNet, cfg: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
 
 
+HELD_OUT_PARTS = ("val", "test")
+
+
 class Trainer:
     """Owns the model, optimiser and schedule of one configuration; ``epochs()`` yields metrics once per epoch.
+
+    ``held_out`` names the part it scores on after each epoch ("val" while searching, "test" when a final
+    retraining on train+val is scored), and prefixes those metrics: ``val_gender_acc`` or ``test_gender_acc``.
 
     The state it returns from ``checkpoint()`` restores it exactly (``load_checkpoint``), so a run that stops
     can go on where it was, as Ray Tune does when it retries a failed trial.
     """
 
-    def __init__(self, cfg: TrainConfig, train: Faces, val: Faces, device: torch.device | None = None,
-                 imagenet_state: dict[str, torch.Tensor] | None = None):
+    def __init__(self, cfg: TrainConfig, train: Faces, held_out_faces: Faces, device: torch.device | None = None,
+                 imagenet_state: dict[str, torch.Tensor] | None = None, held_out: str = "val"):
+        if held_out not in HELD_OUT_PARTS:
+            raise ValueError(f"held_out must be one of {', '.join(HELD_OUT_PARTS)}, got {held_out!r}")
         self.cfg = cfg
+        self.held_out = held_out
         self.device = device or resolve_device(cfg.device)
         self.cuda = self.device.type == "cuda"
         torch.manual_seed(cfg.seed)
         self.train_data = TensorData.from_faces(train, self.device)
-        self.val_data = TensorData.from_faces(val, self.device)
+        self.held_out_data = TensorData.from_faces(held_out_faces, self.device)
         if len(self.train_data) < 2:
             raise ValueError(f"need at least 2 training images, got {len(self.train_data)}")
         self.model = build_model(cfg, imagenet_state=imagenet_state).to(self.device)
@@ -197,7 +206,7 @@ class Trainer:
             self.optimizer.step()
             if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
                 self.scheduler.step()
-            correct = ((logit.detach() > 0).float() == data.genders[idx]).float().mean()
+            correct = (predicted_female(torch.sigmoid(logit.detach().float())).float() == data.genders[idx]).float().mean()
             totals += torch.stack([loss.detach(), bce.detach(), l1.detach(), correct])
         train_loss, _, train_mae, train_acc = (totals / self.steps_per_epoch).tolist()
         if not math.isfinite(train_loss):
@@ -206,7 +215,7 @@ class Trainer:
         return {"train_loss": train_loss, "train_gender_acc": train_acc, "train_age_mae": train_mae}
 
     def epochs(self) -> Iterator[dict[str, float]]:
-        """Train the remaining epochs; after each, yield its metrics (validation ones prefixed ``val_``)."""
+        """Train the remaining epochs; after each, yield its metrics (held-out ones prefixed ``val_``/``test_``)."""
         while self.epoch < self.cfg.epochs:
             start = time.perf_counter()
             frozen = self.backbone_frozen_now
@@ -214,14 +223,14 @@ class Trainer:
             if self.cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-            val = score(self.model, self.val_data, self.cfg.age_loss_weight)
+            val = score(self.model, self.held_out_data, self.cfg.age_loss_weight)
             if not all(math.isfinite(v) for v in val.values()):
-                raise NonFiniteLossError(f"validation metrics became non-finite in epoch {self.epoch + 1} ({val}); "
+                raise NonFiniteLossError(f"{self.held_out} metrics became non-finite in epoch {self.epoch + 1} ({val}); "
                                          "the configuration diverged")
             self.epoch += 1
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(val[METRIC])
-            metrics.update({f"val_{k}" if k != METRIC else k: v for k, v in val.items()})
+            metrics.update({f"{self.held_out}_{k}" if k != METRIC else k: v for k, v in val.items()})
             metrics.update({
                 "epoch": self.epoch,
                 "lr": self.optimizer.param_groups[-1]["lr"],
@@ -342,7 +351,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         faces, split = prepare_data(cfg)
-    except (FileNotFoundError, NotADirectoryError, KeyError, ValueError, NoUsableImagesError) as err:
+    except (FileNotFoundError, NotADirectoryError, PermissionError, KeyError, ValueError, NoUsableImagesError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run_dir = Path(args.out or f"runs/train/{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
@@ -350,7 +359,8 @@ def main(args: argparse.Namespace) -> int:
     cfg.save(run_dir / "config.json")
     split.save(run_dir / "split.json", faces)
     train, val = fit_parts(faces, split, cfg)
-    trainer = Trainer(cfg, train, val)
+    trainer = Trainer(cfg, train, val, held_out="test" if cfg.train_on_val else "val")
+    part = trainer.held_out
     print(f"{cfg.arch}: {count_parameters(trainer.model) / 1e6:.2f}M parameters on {trainer.device}; "
           f"{len(train)} train / {len(val)} val / {len(split.test)} test images at {cfg.image_size}px; run folder {run_dir}")
     writer = SummaryWriter(str(run_dir / "tb"))
@@ -358,8 +368,8 @@ def main(args: argparse.Namespace) -> int:
         for key, value in m.items():
             if key != "epoch":
                 writer.add_scalar(key, value, m["epoch"])
-        print(f"epoch {m['epoch']:3d}/{cfg.epochs}  loss {m['train_loss']:.3f}  val acc {m['val_gender_acc']:.1%}  "
-              f"mae {m['val_age_mae']:.2f}  {METRIC} {m[METRIC]:.3f}  lr {m['lr']:.2e}"
+        print(f"epoch {m['epoch']:3d}/{cfg.epochs}  loss {m['train_loss']:.3f}  {part} acc {m[part + '_gender_acc']:.1%}  "
+              f"mae {m[part + '_age_mae']:.2f}  {METRIC} {m[METRIC]:.3f}  lr {m['lr']:.2e}"
               f"{'  (backbone frozen)' if m['backbone_frozen'] else ''}  {m['epoch_seconds']:.1f}s "
               f"({m['train_images_per_second']:.0f} img/s)", flush=True)
         # retraining on train+val has no validation split to choose an epoch with: it keeps the last one

@@ -24,8 +24,10 @@ from torch import nn  # noqa: E402
 
 from data_utils.cache import decode_file  # noqa: E402
 from data_utils.dataset import resolve_data_dir  # noqa: E402
+from data_utils.scan import ScanReport, list_files  # noqa: E402
 from experiments.train import load_model  # noqa: E402
 from models.heads import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from search import manifest  # noqa: E402
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-3  # max abs difference allowed on age (years) and on P(female)
@@ -56,43 +58,45 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 class ExportError(RuntimeError):
-    pass
+    """A refused export; the message names the fix."""
 
 
 def marked_model(experiment: Path, arch: str | None) -> tuple[str, dict]:
-    """(arch, best_model.json entry); without --arch, the architecture whose marked model scored better."""
-    found = {}
-    for name in ("scratch", "pretrained"):
-        path = experiment / f"{name}-retrain" / "best_model.json"
-        if path.is_file():
-            found[name] = json.loads(path.read_text())
+    """(arch, the manifest's marked model); without ``arch``, the architecture whose marked model scored better."""
+    archs = manifest.load(experiment)["archs"]
+    found = {name: entry["retrain"]["best_model"] for name, entry in archs.items()
+             if (entry.get("retrain") or {}).get("best_model")}
     if arch is not None:
         if arch not in found:
             raise ExportError(f"no retrained {arch} model in {experiment}; run `python search/run.py --name "
                               f"{experiment.name} --storage-path {experiment.parent} --arch {arch} --stage retrain` first")
         return arch, found[arch]
     if not found:
-        raise ExportError(f"{experiment} holds no retrained model (no */best_model.json); is it an experiment folder "
-                          "whose search finished?")
+        raise ExportError(f"{experiment} holds no retrained model ({manifest.MANIFEST_FILE} lists none); is it an "
+                          "experiment folder whose search finished?")
     best = min(found, key=lambda a: found[a]["objective"])
     return best, found[best]
 
 
-def checkpoint_path(experiment: Path, arch: str, entry: dict) -> Path:
-    """The marked checkpoint, also when the experiment folder was moved since it was written."""
-    path = Path(entry["checkpoint"])
-    if path.is_file():
-        return path
-    moved = experiment / f"{arch}-retrain" / Path(*path.parts[-3:])
-    if moved.is_file():
-        return moved
-    raise ExportError(f"checkpoint {path} of the marked {arch} model is missing")
+def load_checkpoint(experiment: Path, arch: str, entry: dict) -> dict:
+    """The marked model's checkpoint, found through the manifest."""
+    path = manifest.locate(experiment, entry["checkpoint"])
+    if path is None or not path.is_file():
+        raise ExportError(f"checkpoint {path or entry['checkpoint']} of the marked {arch} model, listed in "
+                          f"{experiment / manifest.MANIFEST_FILE}, is missing; rerun the retraining with `--stage "
+                          "retrain` or restore the file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or corrupt: RuntimeError, EOFError or an unpickling error
+        raise ExportError(f"checkpoint {path} of the marked {arch} model cannot be read ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:120] if str(err) else 'truncated?'}); rerun the retraining "
+                          "with `--stage retrain` or restore the file") from None
 
 
 def check_images(data_dir: Path, image_size: int, names: list[str]) -> torch.Tensor:
     """Up to CHECK_IMAGES real crops (test-split names first), as float N×3×S×S in [0, 1]."""
     # dict.fromkeys keeps the order and drops the test images' second appearance in the folder listing
-    candidates = dict.fromkeys([data_dir / n for n in names] + sorted(p for p in data_dir.iterdir() if p.is_file()))
+    candidates = dict.fromkeys([data_dir / n for n in names] + list_files(data_dir, ScanReport(str(data_dir))))
     images = []
     for path in candidates:
         if len(images) == CHECK_IMAGES:
@@ -125,16 +129,16 @@ def main(args: argparse.Namespace) -> int:
         if not experiment.is_dir():
             raise ExportError(f"experiment folder {experiment} does not exist")
         arch, entry = marked_model(experiment, args.arch)
-        ckpt = torch.load(checkpoint_path(experiment, arch, entry), map_location="cpu", weights_only=True)
-        model, cfg = load_model(ckpt, "cpu")
-        settings_file = experiment / "search_settings.json"
-        saved_data = json.loads(settings_file.read_text()).get("data_dir") if settings_file.is_file() else None
-        data_dir = resolve_data_dir(args.data or saved_data)
+        model, cfg = load_model(load_checkpoint(experiment, arch, entry), "cpu")
+        data_dir = resolve_data_dir(args.data or cfg.data_dir)
         split_file = experiment / "split.json"
-        predictions = experiment / f"{arch}-retrain" / "test_predictions" / f"{entry['trial_id']}.csv"
-        test_names = pd.read_csv(predictions)["name"].tolist() if predictions.is_file() else []
+        run = next((r for r in manifest.require(experiment, arch, "retrain")["runs"]
+                    if r["trial_id"] == entry["trial_id"]), {})
+        predictions = manifest.locate(experiment, run.get("predictions"))
+        test_names = pd.read_csv(predictions)["name"].tolist() if predictions is not None and predictions.is_file() else []
         images = check_images(data_dir, cfg.image_size, test_names)
-    except (ExportError, FileNotFoundError, ValueError) as err:
+    except (ExportError, manifest.ManifestError, FileNotFoundError, NotADirectoryError, PermissionError,
+            ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out or experiment / "export" / arch).expanduser().resolve()

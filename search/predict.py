@@ -24,8 +24,9 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from data_utils.cache import decode_file, decode_workers  # noqa: E402
-from data_utils.scan import scan_folder  # noqa: E402
+from data_utils.scan import ScanReport, list_files, scan_folder  # noqa: E402
 from experiments.config import TrainConfig  # noqa: E402
+from experiments.objective import gender_accuracy, predicted_female  # noqa: E402
 from models import build_model  # noqa: E402
 
 EXPORT_FILES = ("config.json", "model.pt", "preprocessing.json")
@@ -54,9 +55,18 @@ def load_export(folder: str | os.PathLike) -> tuple[torch.nn.Module, TrainConfig
     if missing:
         raise ExportFolderError(f"{root} is not an export folder (missing {', '.join(missing)}); "
                                 "make one with `python search/export.py --experiment DIR`")
-    cfg = TrainConfig.from_dict(json.loads((root / "config.json").read_text()))
+    try:
+        cfg = TrainConfig.from_dict(json.loads((root / "config.json").read_text()))
+    except (json.JSONDecodeError, KeyError, ValueError) as err:
+        raise ExportFolderError(f"{root / 'config.json'} is not a valid model config ({err}); export the model again "
+                                "with `python search/export.py --experiment DIR`") from None
     model = build_model(cfg, load_weights=False)
-    model.load_state_dict(torch.load(root / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(root / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # truncated or corrupt: RuntimeError, EOFError or an unpickling error
+        raise ExportFolderError(f"{root / 'model.pt'} cannot be read (truncated or corrupt: {type(err).__name__}); "
+                                "export the model again with `python search/export.py --experiment DIR`") from None
     return model.eval(), cfg
 
 
@@ -80,6 +90,17 @@ def predict_files(model: torch.nn.Module, paths: list[Path], size: int, batch_si
                     yield path, None, decoded[i][1]
 
 
+def empty_folder_message(folder: Path, report: ScanReport, evaluate: bool) -> str:
+    """Why a folder gave nothing to predict, with what it holds."""
+    if not report.files_seen:
+        return f"no images to predict: the folder {folder} is empty"
+    found = ", ".join(f"{n} {r}" for r, n in sorted(report.skipped.items()))
+    if evaluate:
+        return (f"no images to evaluate in {folder}: {report.files_seen} entries, none usable ({found}); --evaluate "
+                "needs UTKFace names (age_gender_race_datetime.jpg.chip.jpg): drop --evaluate to only predict them")
+    return f"no images to predict in {folder}: {report.files_seen} entries, no regular file ({found})"
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         model, cfg = load_export(args.model)
@@ -94,21 +115,22 @@ def main(args: argparse.Namespace) -> int:
                 raise ValueError(f"--data {folder} is not a folder")
             if args.evaluate:
                 files, report = scan_folder(folder)  # the training's naming, skipping and de-duplication rules
-                skipped.update(report.skipped)
                 dropped = report.duplicate_copies_dropped + report.conflicting_files_dropped
                 if dropped:
-                    skipped["duplicate_or_conflicting"] += dropped
+                    report.skipped["duplicate_or_conflicting"] += dropped
                 paths = [Path(f.path) for f in files]
                 labels = {Path(f.path): (f.age, f.gender) for f in files}
             else:
-                paths = sorted(p for p in folder.iterdir() if p.is_file())
-                skipped["subfolder"] += sum(1 for p in folder.iterdir() if p.is_dir())
+                report = ScanReport(str(folder))
+                paths = list_files(folder, report)  # links that loop or lead nowhere are counted, not dropped
+            skipped.update(report.skipped)
+            if not paths:
+                raise ValueError(empty_folder_message(folder, report, args.evaluate))
         else:
             paths = [Path(p).expanduser() for p in args.images]
-        if not paths:
-            raise ValueError("no images to predict: the folder is empty" if args.data else
-                             "no images given: list image files or pass --data DIR")
-    except (ExportFolderError, ValueError, FileNotFoundError) as err:
+            if not paths:
+                raise ValueError("no images given: list image files or pass --data DIR")
+    except (ExportFolderError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows, errors = [], 0
@@ -119,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"skipped {path}: {p_female}", file=sys.stderr)
             continue
         row = {"file": str(path), "age": age, "p_female": p_female,
-               "gender": "female" if p_female >= 0.5 else "male"}
+               "gender": "female" if predicted_female(p_female) else "male"}
         if path in labels:
             row["true_age"], row["true_gender"] = labels[path]
         rows.append(row)
@@ -133,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
           + (f" → {args.out}" if rows else ""), file=sys.stderr)
     if args.evaluate and rows:
         n = len(rows)
-        acc = sum((r["p_female"] >= 0.5) == (r["true_gender"] == 1) for r in rows) / n
+        acc = gender_accuracy([r["p_female"] for r in rows], [r["true_gender"] for r in rows])
         mae = sum(abs(r["age"] - r["true_age"]) for r in rows) / n
         print(json.dumps({"n": n, "gender_acc": round(acc, 4), "age_mae": round(mae, 3),
                           "skipped": dict(sorted(skipped.items()))}))

@@ -1,6 +1,6 @@
 """The comparison report of an experiment: ``report/report.md``, a self-contained ``report/report.html``, PNGs.
 
-Everything is read back from the experiment folder (trials.csv, the trials' progress.csv, the Optuna
+Everything is found through the experiment's manifest (trials.csv, each trial's progress.csv, the Optuna
 study, the retraining results), so the report can be rebuilt at any time with ``--stage report``.
 """
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -26,9 +28,11 @@ import torch  # noqa: E402
 from data_utils.dataset import Faces, Split  # noqa: E402
 from data_utils.scan import AGE_BANDS, age_band  # noqa: E402
 from experiments.config import TrainConfig, load_config_file  # noqa: E402
-from experiments.objective import METRIC, REFERENCE_AGE_MAE, REFERENCE_GENDER_ERROR  # noqa: E402
+from experiments.objective import METRIC, REFERENCE_AGE_MAE, REFERENCE_GENDER_ERROR, predicted_female  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
-from search.tuning import open_study_storage  # noqa: E402
+from search import manifest  # noqa: E402
+from search.results import STATUS_COMPLETED, STATUS_STOPPED, read_trials  # noqa: E402
+from search.tuning import open_storage  # noqa: E402
 
 ARCHS = ("scratch", "pretrained")
 LABELS = {"scratch": "Model A (scratch CNN)", "pretrained": "Model B (pretrained MobileNetV2)"}
@@ -126,35 +130,72 @@ class ArchResults:
     best_model: dict[str, Any] | None
     retrain_histories: dict[str, pd.DataFrame]
     predictions: dict[str, pd.DataFrame]
+    missing: list[str]  # files the manifest lists that are not there
+
+    @property
+    def scored(self) -> pd.DataFrame:
+        """The trials that reported at least one epoch (none when every trial failed at once)."""
+        if f"best_{METRIC}" not in self.trials:
+            return self.trials.iloc[0:0]
+        return self.trials.dropna(subset=[f"best_{METRIC}"])
 
 
-def _histories(folder: Path, pattern: str) -> dict[str, pd.DataFrame]:
+def _read_csv(path: Path | None) -> pd.DataFrame:
+    return pd.read_csv(path) if path is not None and path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
+
+
+def _histories(root: Path, entries: list[dict[str, Any]], missing: list[str]) -> dict[str, pd.DataFrame]:
+    """Each listed trial's per-epoch results (Tune's ``progress.csv`` in the trial folder the manifest names)."""
     out = {}
-    for progress in sorted(folder.glob(f"{pattern}/progress.csv")):
-        frame = pd.read_csv(progress)
-        if len(frame) and "trial_id" in frame:
-            out[str(frame["trial_id"].iloc[-1])] = frame
+    for entry in entries:
+        folder = manifest.locate(root, entry.get("path"))
+        if folder is None or entry.get("trial_id") is None:
+            continue
+        if not folder.is_dir():
+            missing.append(f"trial {entry['trial_id']}: its folder {folder} is missing (moved or deleted?)")
+            continue
+        progress = folder / "progress.csv"
+        frame = _read_csv(progress)
+        if len(frame):
+            out[str(entry["trial_id"])] = frame
     return out
 
 
-def load_arch(root: Path, arch: str, name: str) -> ArchResults | None:
-    folder = root / arch
-    if not (folder / "trials.csv").is_file():
+def load_arch(root: Path, arch: str) -> ArchResults | None:
+    """An architecture's results, found through the experiment's manifest; None when it has no search."""
+    entry = manifest.load(root)["archs"].get(arch, {})
+    search = entry.get("search")
+    if search is None:
         return None
+    missing: list[str] = []
+    trials_csv = manifest.locate(root, search["trials_csv"])
+    if trials_csv is None or not trials_csv.is_file():
+        raise manifest.ManifestError(f"{arch}: the search's {trials_csv} listed in the manifest is missing; run "
+                                     f"the search stage again with --resume")
     study = None
-    if (folder / "optuna.db").is_file() or (folder / "optuna.journal").is_file():
+    storage_file = manifest.locate(root, search.get("optuna_storage"))
+    if storage_file is not None and storage_file.is_file():
         try:
-            study = optuna.load_study(study_name=f"{name}-{arch}", storage=open_study_storage(folder))
+            study = optuna.load_study(study_name=search["study_name"], storage=open_storage(storage_file))
         except KeyError:  # no study of that name: the search never sampled
             study = None
-    retrain = root / f"{arch}-retrain"
-    read = lambda p: pd.read_csv(p) if p.is_file() and p.stat().st_size > 1 else pd.DataFrame()  # noqa: E731
-    best = json.loads((retrain / "best_model.json").read_text()) if (retrain / "best_model.json").is_file() else None
-    predictions = {p.stem: pd.read_csv(p) for p in sorted((retrain / "test_predictions").glob("*.csv"))}
-    plan = json.loads((folder / "search_plan.json").read_text()) if (folder / "search_plan.json").is_file() else {}
-    return ArchResults(arch, pd.read_csv(folder / "trials.csv"), _histories(folder, "train_trial_*"), plan, study,
-                       read(retrain / "retrain_summary.csv"), read(retrain / "retrain_runs.csv"), best,
-                       _histories(retrain, "retrain_trial_*"), predictions)
+    plan_file = manifest.locate(root, search.get("plan"))
+    plan = json.loads(plan_file.read_text()) if plan_file is not None and plan_file.is_file() else {}
+    retrain = entry.get("retrain") or {}
+    runs = retrain.get("runs", [])
+    predictions = {}
+    for run in runs:
+        path = manifest.locate(root, run.get("predictions"))
+        if path is None:
+            continue
+        if path.is_file():
+            predictions[run["trial_id"]] = pd.read_csv(path)
+        else:
+            missing.append(f"retraining run {run['trial_id']}: its test predictions {path} are missing")
+    return ArchResults(arch, read_trials(trials_csv), _histories(root, search["trials"], missing), plan, study,
+                       _read_csv(manifest.locate(root, retrain.get("summary"))),
+                       _read_csv(manifest.locate(root, retrain.get("runs_csv"))), retrain.get("best_model"),
+                       _histories(root, runs, missing), predictions, missing)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,7 +224,7 @@ def headline(doc: Doc, results: dict[str, ArchResults]) -> None:
             model = build_model(TrainConfig.from_dict(r.best_model["config"]), load_weights=False)
             row["parameters"] = f"{count_parameters(model) / 1e6:.2f}M"
         if len(r.summary):
-            top = r.summary[r.summary["rank"] == 0].iloc[0]
+            top = r.summary.sort_values("rank").iloc[0]  # rank 1, unless every seed of it failed
             row.update({
                 "test gender acc (%)": _pm(top["test_gender_acc_mean"], top["test_gender_acc_std"], 100, 1),
                 "acc 95% CI": f"{top['test_gender_acc_ci_low']:.1%} – {top['test_gender_acc_ci_high']:.1%}",
@@ -248,7 +289,7 @@ def learning_curves(doc: Doc, results: dict[str, ArchResults], out: Path) -> Non
         if not r.best_model or r.best_model["trial_id"] not in r.retrain_histories:
             continue
         h = r.retrain_histories[r.best_model["trial_id"]]
-        search_best = r.trials.dropna(subset=[f"best_{METRIC}"])
+        search_best = r.scored
         s = r.histories.get(str(search_best.iloc[0]["trial_id"])) if len(search_best) else None
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
         panels = [("loss", "train_loss", "test_loss", "val_loss"), ("gender accuracy", "train_gender_acc",
@@ -289,7 +330,8 @@ def all_trials(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
     rung_rows = []
     for ax, (arch, r) in zip(axes[0], results.items()):
         for h in r.histories.values():
-            ax.plot(h["training_iteration"], h[METRIC], alpha=0.6, marker=".")
+            if METRIC in h:
+                ax.plot(h["training_iteration"], h[METRIC], alpha=0.6, marker=".")
         rungs = asha_rungs(r.plan)
         for rung in rungs:
             ax.axvline(rung, color="grey", linestyle=":", linewidth=1)
@@ -304,7 +346,9 @@ def all_trials(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
     doc.table(pd.DataFrame(rung_rows).drop_duplicates())
     fig, ax = plt.subplots(figsize=(7, 5))
     for i, (arch, r) in enumerate(results.items()):
-        t = r.trials.dropna(subset=["best_val_gender_acc"])
+        t = r.scored
+        if t.empty:
+            continue
         acc, mae = t["best_val_gender_acc"].to_numpy(), t["best_val_age_mae"].to_numpy()
         ax.scatter(mae, acc, color=f"C{i}", alpha=0.7, label=arch)
         front = pareto_front(acc, mae)
@@ -319,6 +363,10 @@ def all_trials(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
     for arch, r in results.items():
         counts = r.trials["status"].value_counts().to_dict()
         doc.para(f"{arch}: {len(r.trials)} trials — " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        if r.scored.empty:
+            doc.para(f"{arch}: no trial reported a single epoch; the reasons are in {arch}/trials.csv.")
+        for note in r.missing:
+            doc.para(f"{arch}: {note}; left out of this report.")
 
 
 def importance(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
@@ -344,24 +392,55 @@ def importance(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
                      "on the study's completed trials).")
             doc.table(frame)
         params = [c for c in r.trials.columns if c.startswith("config/")]
-        t = r.trials.dropna(subset=[f"best_{METRIC}"])
-        if not params or t.empty:
+        if not params or r.scored.empty:
             continue
-        cols = 4
-        fig, axes = plt.subplots((len(params) + cols - 1) // cols, cols, figsize=(14, 3 * ((len(params) + cols - 1) // cols)),
-                                 squeeze=False)
-        for ax, param in zip(axes.flat, params):
-            for status, marker in (("completed", "o"), ("stopped_early", "x")):
-                part = t[t["status"] == status]
-                ax.scatter(part[param], part[f"best_{METRIC}"], marker=marker, alpha=0.7, label=status)
-            ax.set_title(param.split("/", 1)[1])
-            if param.split("/", 1)[1] in ("lr", "weight_decay", "age_loss_weight", "backbone_lr_mult"):
-                ax.set_xscale("log")
-        for ax in list(axes.flat)[len(params):]:
-            ax.axis("off")
-        axes.flat[0].set_ylabel(METRIC)
-        axes.flat[0].legend(fontsize=7)
-        doc.image(_save(fig, out / f"params_{arch}.png"), f"objective against each searched parameter, {arch}")
+        doc.image(objective_vs_params(r.scored, params, out / f"params_{arch}.png"),
+                  f"objective against each searched parameter, {arch}")
+
+
+LOG_PARAMS = ("lr", "weight_decay", "age_loss_weight", "backbone_lr_mult")
+
+
+def log_ticks(low: float, high: float, max_ticks: int = 4) -> list[float]:
+    """Round tick positions for a log axis from ``low`` to ``high``: at most ``max_ticks`` of 1-2-5, 1-3 or 1 × 10^k,
+    so labels never crowd (matplotlib labels every minor tick of a range under a decade, and they overlap)."""
+    if not (low > 0 and high > 0):
+        return []
+    low, high = min(low, high), max(low, high)
+    ticks: list[float] = []
+    for mults in ((1, 2, 5), (1, 3), (1,)):
+        ticks = [float(f"{m * 10.0 ** k:.6g}") for k in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+                 for m in mults if low <= m * 10.0 ** k <= high]
+        if len(ticks) <= max_ticks:
+            break
+    if len(ticks) < 2:  # a narrow range: its two ends, rounded
+        ticks = sorted({float(f"{low:.2g}"), float(f"{high:.2g}")})
+    return ticks[:: max(1, math.ceil(len(ticks) / max_ticks))]
+
+
+def objective_vs_params(t: pd.DataFrame, params: list[str], path: Path) -> Path:
+    """One panel per searched parameter: each trial's best objective against the parameter's value."""
+    cols = 4
+    rows = (len(params) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(14, 3 * rows), squeeze=False)
+    for ax, param in zip(axes.flat, params):
+        for status, marker in ((STATUS_COMPLETED, "o"), (STATUS_STOPPED, "x")):
+            part = t[t["status"] == status]
+            ax.scatter(part[param], part[f"best_{METRIC}"], marker=marker, alpha=0.7, label=status)
+        name = param.split("/", 1)[1]
+        ax.set_title(name)
+        values = pd.to_numeric(t[param], errors="coerce").dropna()
+        if name in LOG_PARAMS and len(values) and (values > 0).all():
+            ax.set_xscale("log")
+            ticks = log_ticks(float(values.min()), float(values.max()))
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(FixedFormatter([f"{v:g}" for v in ticks]))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    for ax in list(axes.flat)[len(params):]:
+        ax.axis("off")
+    axes.flat[0].set_ylabel(METRIC)
+    axes.flat[0].legend(fontsize=7)
+    return _save(fig, path)
 
 
 def error_analysis(doc: Doc, results: dict[str, ArchResults], faces: Faces, out: Path) -> None:
@@ -374,7 +453,7 @@ def error_analysis(doc: Doc, results: dict[str, ArchResults], faces: Faces, out:
         p = r.predictions[r.best_model["trial_id"]].copy()
         p["band"] = [age_band(int(a)) for a in p["age"]]
         p["abs_err"] = (p["pred_age"] - p["age"]).abs()
-        p["correct"] = ((p["p_female"] > 0.5).astype(int) == p["gender"]).astype(float)
+        p["correct"] = (predicted_female(p["p_female"]) == (p["gender"] == 1)).astype(float)
         bands = [age_band(lo) for lo, _ in AGE_BANDS]
         rows = []
         for band in bands:
@@ -404,7 +483,7 @@ def error_analysis(doc: Doc, results: dict[str, ArchResults], faces: Faces, out:
                 if row["name"] not in by_name:
                     continue
                 ax.imshow(faces.images[by_name[row["name"]]].permute(1, 2, 0).numpy())
-                sex = lambda v: "F" if v >= 0.5 else "M"  # noqa: E731
+                sex = lambda v: "F" if predicted_female(v) else "M"  # noqa: E731
                 ax.set_title(f"true {int(row['age'])} {sex(row['gender'])}\npred {row['pred_age']:.0f} "
                              f"{sex(row['p_female'])} ({max(row['p_female'], 1 - row['p_female']):.2f})", fontsize=8)
         fig.suptitle(f"{arch}: largest age errors (top), most confident gender errors (bottom)")
@@ -443,7 +522,10 @@ def write_report(root: Path, faces: Faces, split: Split) -> Path:
     out = root / "report"
     out.mkdir(parents=True, exist_ok=True)
     settings = json.loads((root / "search_settings.json").read_text()) if (root / "search_settings.json").is_file() else {}
-    results = {a: r for a in ARCHS if (r := load_arch(root, a, root.name)) is not None}
+    results = {a: r for a in ARCHS if (r := load_arch(root, a)) is not None}
+    if not results:
+        raise manifest.ManifestError(f"{root} holds no finished search ({manifest.MANIFEST_FILE} lists none); run the "
+                                     "search stage first")
     doc = Doc()
     doc.heading(f"Age and gender: scratch CNN vs pretrained MobileNetV2 — experiment '{root.name}'", 1)
     doc.para(f"{len(split.train)} training, {len(split.val)} validation and {len(split.test)} test images "

@@ -8,9 +8,26 @@ from typing import Any
 import pandas as pd
 
 from experiments.config import TrainConfig
-from experiments.objective import METRIC
+from experiments.objective import METRIC, MODE
+from search.trainable import CHECKPOINT_FILE
 
 STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED = "completed", "stopped_early", "failed"
+TRIALS_FILE, BEST_CONFIG_FILE, PLAN_FILE = "trials.csv", "best_config.json", "search_plan.json"
+LOCAL_COLUMNS = ("trial_path", "best_checkpoint")  # where a trial's files are: the manifest's, not trials.csv's
+
+
+def read_trials(path: Path) -> pd.DataFrame:
+    """trials.csv as written; trial ids stay strings (an id such as ``906370e5`` would otherwise read as a float)."""
+    return pd.read_csv(path, dtype={"trial_id": str})
+
+
+def manifest_trials(root: Path, trials: pd.DataFrame) -> list[dict[str, Any]]:
+    """The search's trials as the manifest lists them: id, status, epochs, folder and best checkpoint."""
+    from search.manifest import relative
+
+    return [{"trial_id": str(row["trial_id"]), "status": row["status"], "reason": row["reason"],
+             "epochs": int(row["epochs"]), "path": relative(root, row.get("trial_path")),
+             "best_checkpoint": relative(root, row.get("best_checkpoint"))} for _, row in trials.iterrows()]
 
 
 def error_reason(error: BaseException | str | None) -> str:
@@ -45,6 +62,8 @@ def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int) -> pd.
             row.update({f"last_{METRIC}": last.get(METRIC), "last_val_gender_acc": last.get("val_gender_acc"),
                         "last_val_age_mae": last.get("val_age_mae")})
         row["trial_path"] = result.path
+        best_checkpoint = result.get_best_checkpoint(METRIC, MODE) if scored is not None and len(scored) else None
+        row["best_checkpoint"] = (f"{best_checkpoint.path}/{CHECKPOINT_FILE}" if best_checkpoint is not None else None)
         rows.append(row)
     frame = pd.DataFrame(rows)
     if f"best_{METRIC}" in frame:
@@ -78,10 +97,10 @@ def _plain(value: Any) -> Any:
 def write_outputs(folder: Path, trials: pd.DataFrame, base_config: dict[str, Any]) -> dict[str, Any] | None:
     """Write trials.csv and best_config.json into ``folder``; return the best entry (None if every trial failed)."""
     folder.mkdir(parents=True, exist_ok=True)
-    trials.drop(columns=["trial_path"], errors="ignore").to_csv(folder / "trials.csv", index=False)
+    trials.drop(columns=list(LOCAL_COLUMNS), errors="ignore").to_csv(folder / TRIALS_FILE, index=False)
     best = best_configs(trials, base_config, k=1)
     if best:
-        (folder / "best_config.json").write_text(json.dumps(best[0], indent=2) + "\n")
+        (folder / BEST_CONFIG_FILE).write_text(json.dumps(best[0], indent=2) + "\n")
     return best[0] if best else None
 
 

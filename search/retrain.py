@@ -8,22 +8,24 @@ search's first-ranked configuration (ranked on validation) with the seed whose f
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from ray import tune
 
+from data_utils.dataset import Faces
 from experiments.config import TrainConfig
-from experiments.objective import METRIC, objective
-from experiments.train import predict
-from search.results import error_reason
+from experiments.objective import METRIC, gender_accuracy, objective, predicted_female
+from experiments.train import load_model, predict
+from search.results import STATUS_COMPLETED, STATUS_FAILED, error_reason
 from search.trainable import CHECKPOINT_FILE, TrialData, limit_resources, report_epoch, restored_trainer
 
-PREDICTIONS_FILE = "test_predictions.csv"
+RUNS_FILE, SUMMARY_FILE, BEST_MODEL_FILE, PREDICTIONS_DIR = (
+    "retrain_runs.csv", "retrain_summary.csv", "best_model.json", "test_predictions")
 
 
 @dataclass
@@ -37,23 +39,13 @@ class RetrainData:
 def retrain_trial(config: dict[str, Any], data: RetrainData) -> None:
     """Tune trainable: train configuration ``config['rank']`` with ``config['seed']`` on train+val, report per epoch.
 
-    The per-epoch ``test_*`` metrics are for learning curves only; the final checkpoint also holds the
-    model's predictions for every test image.
+    Its held-out part is the test split (``test_*`` metrics), for learning curves only: no choice is made on it.
     """
     limit_resources()
     cfg = TrainConfig.from_dict({**data.configs[config["rank"]], "seed": config["seed"], "train_on_val": True})
-    trainer, test = restored_trainer(cfg, data.trial_data)
-
-    def write_predictions(folder: str) -> None:
-        age, prob = predict(trainer.model, trainer.val_data.images)
-        pd.DataFrame({"name": test.names, "age": test.ages.numpy(), "gender": test.genders.numpy(),
-                      "pred_age": age.numpy(), "p_female": prob.numpy()}).to_csv(
-            os.path.join(folder, PREDICTIONS_FILE), index=False)
-
+    trainer, _ = restored_trainer(cfg, data.trial_data, held_out="test")
     for metrics in trainer.epochs():
-        # the Trainer calls its held-out part "val"; here that part is the test split
-        metrics = {k.replace("val_", "test_", 1) if k.startswith("val_") else k: v for k, v in metrics.items()}
-        report_epoch(trainer, metrics, write_predictions if trainer.epoch == cfg.epochs else None)
+        report_epoch(trainer, metrics)
 
 
 def bootstrap_ci(per_seed: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -77,7 +69,7 @@ def summarize(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> pd.Da
     rows = []
     for rank, group in runs.groupby("rank"):
         preds = [predictions[t] for t in group["trial_id"]]
-        correct = np.stack([((p["p_female"] > 0.5).astype(int) == p["gender"]).to_numpy(float) for p in preds])
+        correct = np.stack([(predicted_female(p["p_female"]) == (p["gender"] == 1)).to_numpy(float) for p in preds])
         abs_err = np.stack([(p["pred_age"] - p["age"]).abs().to_numpy(float) for p in preds])
         acc, mae = correct.mean(axis=1), abs_err.mean(axis=1)
         acc_ci, mae_ci = bootstrap_ci(correct), bootstrap_ci(abs_err)
@@ -94,25 +86,48 @@ def summarize(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def collect(grid, configs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One row per retraining run (config rank, seed, final test metrics, checkpoint) and its test predictions."""
+def final_predictions(checkpoint_file: Path, epochs: int, test: Faces) -> pd.DataFrame:
+    """Test predictions of the model a retraining run ended with, read from its final checkpoint.
+
+    The checkpoint must be the one written after the last epoch: which checkpoint Ray kept is checked, not assumed.
+    """
+    ckpt = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    if int(ckpt["epoch"]) != epochs:
+        raise RuntimeError(f"the kept checkpoint is from epoch {ckpt['epoch']}, not the final epoch {epochs}")
+    model, _ = load_model(ckpt, "cpu")
+    age, prob = predict(model, test.images)
+    return pd.DataFrame({"name": test.names, "age": test.ages.numpy(), "gender": test.genders.numpy(),
+                         "pred_age": age.numpy(), "p_female": prob.numpy()})
+
+
+def collect(grid, configs: list[dict[str, Any]], test: Faces) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One row per retraining run (config rank, seed, test metrics of its final model, checkpoint) and its test
+    predictions; the run's test metrics are computed from those predictions, so the two always agree."""
     rows, predictions = [], {}
     for result in grid:
+        rank, seed = result.config["rank"], result.config["seed"]
+        failed = {"rank": rank, "seed": seed, "status": STATUS_FAILED, "trial_path": result.path}
         if result.error is not None or result.checkpoint is None:
-            rows.append({"rank": result.config["rank"], "seed": result.config["seed"], "status": "failed",
-                         "reason": error_reason(result.error)})
+            rows.append({**failed, "reason": error_reason(result.error) or "no checkpoint was reported"})
             continue
-        history = result.metrics_dataframe
         trial_id = result.metrics["trial_id"]
-        with result.checkpoint.as_directory() as folder:
-            predictions[trial_id] = pd.read_csv(Path(folder) / PREDICTIONS_FILE)
+        try:
+            with result.checkpoint.as_directory() as folder:
+                frame = final_predictions(Path(folder) / CHECKPOINT_FILE, configs[rank]["epochs"], test)
+        except (RuntimeError, OSError, KeyError) as err:
+            rows.append({**failed, "trial_id": trial_id, "reason": error_reason(err)})
+            continue
+        predictions[trial_id] = frame
+        acc = gender_accuracy(frame["p_female"], frame["gender"])
+        mae = float((frame["pred_age"] - frame["age"]).abs().mean())
+        history = result.metrics_dataframe
         rows.append({
-            "rank": result.config["rank"], "seed": result.config["seed"], "status": "completed", "trial_id": trial_id,
+            "rank": rank, "seed": seed, "status": STATUS_COMPLETED, "trial_id": trial_id,
             "epochs": int(result.metrics["training_iteration"]),
-            "test_gender_acc": result.metrics["test_gender_acc"], "test_age_mae": result.metrics["test_age_mae"],
-            METRIC: result.metrics[METRIC], "final_train_loss": result.metrics["train_loss"],
+            "test_gender_acc": acc, "test_age_mae": mae, METRIC: objective(acc, mae),
+            "final_train_loss": result.metrics["train_loss"],
             "epoch_seconds_mean": float(history["epoch_seconds"].mean()),
-            "checkpoint": str(Path(result.checkpoint.path) / CHECKPOINT_FILE),
+            "checkpoint": f"{result.checkpoint.path}/{CHECKPOINT_FILE}",
             "trial_path": result.path,
         })
     return pd.DataFrame(rows), predictions
@@ -120,7 +135,7 @@ def collect(grid, configs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str
 
 def mark_best(runs: pd.DataFrame) -> pd.Series | None:
     """The model to export: the search's top configuration, its seed with the lowest final training loss."""
-    done = runs[runs["status"] == "completed"]
+    done = runs[runs["status"] == STATUS_COMPLETED]
     if done.empty:
         return None
     top = done[done["rank"] == done["rank"].min()]
@@ -128,7 +143,7 @@ def mark_best(runs: pd.DataFrame) -> pd.Series | None:
 
 
 def make_retrain_tuner(experiment_dir: str, data: RetrainData, seeds: list[int], cpus: float, gpus: float,
-                       concurrency: int, resume: bool) -> tune.Tuner:
+                       concurrency: int, max_failures: int, resume: bool) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(retrain_trial, data=data), {"cpu": cpus, "gpu": gpus})
     if resume and tune.Tuner.can_restore(experiment_dir):
         return tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -138,31 +153,53 @@ def make_retrain_tuner(experiment_dir: str, data: RetrainData, seeds: list[int],
         param_space={"rank": tune.grid_search(list(range(len(data.configs)))), "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+                                  # the latest checkpoint is kept: the final model (final_predictions checks it)
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  failure_config=tune.FailureConfig(max_failures=2)),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
 
 
-def write_retrain_outputs(folder: Path, configs: list[dict[str, Any]], searched: list[dict[str, Any]],
-                          runs: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> dict[str, Any] | None:
-    """retrain_runs.csv, retrain_summary.csv, predictions per run, and best_model.json (the marked model)."""
+def write_retrain_outputs(root: Path, arch: str, experiment_dir: str, configs: list[dict[str, Any]],
+                          searched: list[dict[str, Any]], runs: pd.DataFrame,
+                          predictions: dict[str, pd.DataFrame]) -> dict[str, Any] | None:
+    """retrain_runs.csv, retrain_summary.csv, predictions per run and best_model.json (the marked model) in
+    ``<root>/<arch>-retrain``, and the retraining's entry in the manifest; returns the marked model's entry."""
+    from search import manifest
+
+    folder = root / f"{arch}-retrain"
     folder.mkdir(parents=True, exist_ok=True)
-    runs.drop(columns=["trial_path"], errors="ignore").to_csv(folder / "retrain_runs.csv", index=False)
-    pred_dir = folder / "test_predictions"
+    runs.drop(columns=["trial_path"], errors="ignore").to_csv(folder / RUNS_FILE, index=False)
+    pred_dir = folder / PREDICTIONS_DIR
     pred_dir.mkdir(exist_ok=True)
     for trial_id, frame in predictions.items():
         frame.to_csv(pred_dir / f"{trial_id}.csv", index=False)
-    summary = summarize(runs[runs["status"] == "completed"], predictions) if predictions else pd.DataFrame()
+    done = runs[runs["status"] == STATUS_COMPLETED] if len(runs) else runs
+    summary = summarize(done, predictions) if predictions else pd.DataFrame()
     if not summary.empty:
         summary["search_trial_id"] = [searched[r]["trial_id"] for r in summary["rank"]]
         summary["search_val_objective"] = [searched[r][METRIC] for r in summary["rank"]]
-    summary.to_csv(folder / "retrain_summary.csv", index=False)
-    best = mark_best(runs)
-    if best is None:
-        return None
-    entry = {"rank": int(best["rank"]), "seed": int(best["seed"]), "trial_id": best["trial_id"],
-             "checkpoint": best["checkpoint"], "config": configs[int(best["rank"])],
-             "test_gender_acc": float(best["test_gender_acc"]), "test_age_mae": float(best["test_age_mae"]),
-             METRIC: float(best[METRIC]), "selection": "search rank 1 (validation); seed with lowest final train loss"}
-    (folder / "best_model.json").write_text(json.dumps(entry, indent=2) + "\n")
+    summary.to_csv(folder / SUMMARY_FILE, index=False)
+    best = mark_best(runs) if len(runs) else None
+    entry = None
+    if best is not None:
+        entry = {"rank": int(best["rank"]), "seed": int(best["seed"]), "trial_id": best["trial_id"],
+                 "checkpoint": manifest.relative(root, best["checkpoint"]), "config": configs[int(best["rank"])],
+                 "test_gender_acc": float(best["test_gender_acc"]), "test_age_mae": float(best["test_age_mae"]),
+                 METRIC: float(best[METRIC]),
+                 "selection": "search rank 1 (validation); seed with lowest final train loss"}
+        (folder / BEST_MODEL_FILE).write_text(json.dumps(entry, indent=2) + "\n")
+    run_entries = []
+    for _, run in runs.iterrows():
+        trial_id = run.get("trial_id") if isinstance(run.get("trial_id"), str) else None
+        run_entries.append({
+            "rank": int(run["rank"]), "seed": int(run["seed"]), "trial_id": trial_id, "status": run["status"],
+            "reason": run.get("reason") if isinstance(run.get("reason"), str) else "",
+            "path": manifest.relative(root, run.get("trial_path")),
+            "checkpoint": manifest.relative(root, run["checkpoint"]) if run["status"] == STATUS_COMPLETED else None,
+            "predictions": (manifest.relative(root, pred_dir / f"{trial_id}.csv")
+                            if trial_id in predictions else None)})
+    manifest.record(root, arch, "retrain", {
+        "experiment": manifest.relative(root, experiment_dir), "runs": run_entries,
+        "runs_csv": manifest.relative(root, folder / RUNS_FILE), "summary": manifest.relative(root, folder / SUMMARY_FILE),
+        "best_model": entry})
     return entry

@@ -72,3 +72,24 @@ SPACES = {
         **COMMON,
     },
 }
+
+
+_KINDS = {"float": Float, "int": Int, "categorical": Categorical}
+
+
+def dist_to_json(dist: Float | Int | Categorical) -> dict[str, Any]:
+    """A distribution as plain JSON, so a run's space overrides are saved with its settings."""
+    kind = next(k for k, cls in _KINDS.items() if isinstance(dist, cls))
+    if kind == "categorical":
+        return {"kind": kind, "choices": list(dist.choices)}
+    return {"kind": kind, "low": dist.low, "high": dist.high, "log": dist.log}
+
+
+def dist_from_json(value: dict[str, Any]) -> Float | Int | Categorical:
+    """The inverse of ``dist_to_json``; raises ``ValueError`` naming the valid kinds."""
+    kind = value.get("kind")
+    if kind not in _KINDS:
+        raise ValueError(f"unknown distribution kind {kind!r}; valid: {', '.join(_KINDS)}")
+    if kind == "categorical":
+        return Categorical(tuple(value["choices"]))
+    return _KINDS[kind](value["low"], value["high"], bool(value.get("log", False)))

@@ -42,16 +42,20 @@ def limit_resources() -> None:
         torch.cuda.set_per_process_memory_fraction(gpu_share)
 
 
-def restored_trainer(cfg: TrainConfig, data: TrialData) -> tuple[Trainer, Faces]:
-    """A Trainer for ``cfg`` on the shared data, restored from Tune's checkpoint when the trial is a retry or a
-    resumed one; also returns the held-out part it scores on."""
-    train, held_out = fit_parts(data.faces[cfg.image_size], data.split, cfg)
-    trainer = Trainer(cfg, train, held_out, imagenet_state=data.imagenet_state)
+def restored_trainer(cfg: TrainConfig, data: TrialData, held_out: str = "val") -> tuple[Trainer, Faces]:
+    """A Trainer for ``cfg`` on the shared data, scoring on the ``held_out`` part ("val", or "test" for a final
+    retraining on train+val), restored from Tune's checkpoint when the trial is a retry or a resumed one; also
+    returns the held-out faces."""
+    if cfg.image_size not in data.faces:
+        raise ValueError(f"the search decoded faces at {sorted(data.faces)} px, but this trial asks for "
+                         f"{cfg.image_size} px; set the size with --image-size")
+    train, held_out_faces = fit_parts(data.faces[cfg.image_size], data.split, cfg)
+    trainer = Trainer(cfg, train, held_out_faces, imagenet_state=data.imagenet_state, held_out=held_out)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load_checkpoint(torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True))
-    return trainer, held_out
+    return trainer, held_out_faces
 
 
 def report_epoch(trainer: Trainer, metrics: dict[str, Any], write_extra: Callable[[str], None] | None = None) -> None:

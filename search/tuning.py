@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SearchPlan:
-    """Everything one architecture's search needs, resolved from flags and presets."""
+    """Everything one architecture's search needs, resolved from the run's settings and the cluster."""
 
     arch: str
     experiment_dir: str  # absolute local path or URI: <storage>/<name>/<arch>
@@ -36,33 +36,45 @@ class SearchPlan:
     scheduler: str = "asha"  # asha or fifo (no early stopping; for benchmarks)
     max_failures: int = 2
     space_overrides: dict[str, Any] | None = None
-    optuna_folder: str | None = None  # local folder of the study's storage (see open_study_storage)
-
-    @property
-    def study_name(self) -> str:
-        return f"{Path(self.experiment_dir).parent.name}-{self.arch}"
+    optuna_storage: str | None = None  # the study's file (see study_storage_file); None: in memory
+    study_name: str = ""
+    fixed: tuple[str, ...] = ()  # fields --set fixed for every trial: not searched
 
 
-def open_study_storage(folder: Path) -> optuna.storages.BaseStorage:
-    """An architecture's Optuna storage: SQLite (``optuna.db``) where SQLAlchemy is installed, else a journal file
-    (``optuna.journal``); optuna-dashboard opens both. An existing journal is kept using."""
+def study_name(experiment: str, arch: str) -> str:
+    """The Optuna study of ``arch``'s search in ``experiment``; stored in the plan and the manifest, read back there."""
+    return f"{experiment}-{arch}"
+
+
+def study_storage_file(folder: Path) -> Path:
+    """Where an architecture's study lives: SQLite ``optuna.db`` where SQLAlchemy is installed, else a journal file
+    ``optuna.journal`` (optuna-dashboard opens both). An existing journal is kept using."""
     journal = folder / "optuna.journal"
     try:
         import sqlalchemy  # noqa: F401
     except ImportError:
-        sqlalchemy = None
-    if sqlalchemy is None or (journal.exists() and not (folder / "optuna.db").exists()):
+        return journal
+    return journal if journal.exists() and not (folder / "optuna.db").exists() else folder / "optuna.db"
+
+
+def open_storage(path: str | Path) -> optuna.storages.BaseStorage:
+    """Open a study file written by ``study_storage_file``'s choice."""
+    path = Path(path)
+    if path.suffix == ".journal":
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
-    return optuna.storages.RDBStorage(f"sqlite:///{folder / 'optuna.db'}")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.RDBStorage(f"sqlite:///{path}")
 
 
 def search_space(plan: SearchPlan) -> dict[str, Any]:
-    """The architecture's space with the preset's overrides and the symbolic bounds resolved."""
+    """The architecture's space with the preset's overrides, without the fields ``--set`` fixed, and the symbolic
+    bounds resolved."""
     space = {**SPACES[plan.arch], **(plan.space_overrides or {})}
     resolved = {}
     for name, dist in space.items():
+        if name in plan.fixed:
+            continue
         if isinstance(dist, Int) and dist.high == GRACE:
             dist = Int(dist.low, max(dist.low, plan.grace_period - 1), dist.log)
         resolved[name] = dist
@@ -122,7 +134,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
 def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
     sampler = optuna.samplers.TPESampler(seed=plan.seed, multivariate=True, constant_liar=True)
-    storage = open_study_storage(Path(plan.optuna_folder)) if plan.optuna_folder else None
+    storage = open_storage(plan.optuna_storage) if plan.optuna_storage else None
     # a define-by-run space makes OptunaSearch ignore TuneConfig's metric and mode, so it is told directly
     searcher = PrunedAwareOptunaSearch(space=DefineByRun(search_space(plan)), metric=METRIC, mode=MODE,
                                        sampler=sampler, storage=storage, study_name=plan.study_name,
@@ -174,9 +186,9 @@ def close_stale_trials(plan: SearchPlan) -> int:
     After a driver is killed, the restored searcher comes from Tune's last saved state, so a trial it
     asked Optuna for after that save stays RUNNING in the study although Tune never ran it.
     """
-    if not plan.optuna_folder:
+    if not plan.optuna_storage:
         return 0
-    storage = open_study_storage(Path(plan.optuna_folder))
+    storage = open_storage(plan.optuna_storage)
     study = optuna.load_study(study_name=plan.study_name, storage=storage)
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in stale:

@@ -43,8 +43,9 @@ def copy_real(data_dir: Path, dest: Path, names: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # searches
 
-TINY = ["--preset", "quick", "--image-size", "32", "--max-images", "300", "--max-epochs", "3", "--grace-period", "1",
-        "--reduction-factor", "3", "--set", "batch_size=32"]
+# image size and subset size go through --set on purpose: a --set of a field a flag owns must reach every stage
+TINY = ["--preset", "quick", "--max-epochs", "3", "--grace-period", "1", "--reduction-factor", "3",
+        "--set", "batch_size=32", "image_size=32", "max_images=300"]
 
 
 def run_cli(*args, script="search/run.py", timeout=600, env=None):

@@ -1,4 +1,10 @@
 """Every kind of bad file is skipped or converted and counted by reason; nothing is dropped silently."""
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from conftest import jpeg_bytes
@@ -73,3 +79,61 @@ def test_empty_folder_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(NoUsableImagesError, match="no files at all"):
         load_faces(tmp_path / "empty", 32, cache_dir=tmp_path / "cache")
+
+
+def test_link_loops_and_dangling_links_are_counted(messy, tmp_path):
+    (messy / f"50_0_0_{STAMP}.jpg.chip.jpg").symlink_to(messy / f"50_0_0_{STAMP}.jpg.chip.jpg")  # a loop
+    (messy / f"51_0_0_{STAMP}.jpg.chip.jpg").symlink_to(tmp_path / "gone.jpg")  # leads nowhere
+    (messy / f"21_1_0_{STAMP}9.jpg.chip.jpg").symlink_to(messy / f"21_1_0_{STAMP}.jpg.chip.jpg")  # a good link
+    r = load_faces(messy, 32, cache_dir=tmp_path / "cache").report
+    assert r.skipped["broken_link"] == 2
+    assert r.usable == 7  # the good link is a byte-identical copy of a kept face
+    assert r.usable + sum(r.skipped.values()) + r.duplicate_copies_dropped + r.conflicting_files_dropped == r.files_seen
+
+
+def scan_as(uid: int, folder: Path, cache: Path) -> dict:
+    """Scan ``folder`` in a forked child that runs as ``uid`` (modules are imported already, so the child
+    needs to read nothing but the data)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges, scan, report, exit without running the parent's cleanup
+        code = 1
+        try:
+            os.close(read)
+            if os.getuid() != uid:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            r = load_faces(folder, 32, cache_dir=cache).report
+            os.write(write, json.dumps({"skipped": dict(r.skipped), "usable": r.usable}).encode())
+            code = 0
+        except BaseException as err:  # noqa: BLE001 - reported to the parent
+            os.write(write, json.dumps({"error": repr(err)}).encode())
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(out)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX users")
+def test_an_unreadable_file_is_counted_not_raised(data_dir):
+    """Root reads every file, so when the tests run as root the scan runs as an unprivileged user (nobody)."""
+    base = Path(tempfile.mkdtemp(prefix="facetune-perm-"))
+    try:
+        folder = base / "faces"
+        folder.mkdir()
+        for name in sorted(os.listdir(data_dir))[:3]:
+            shutil.copy(data_dir / name, folder / name)
+        secret = folder / f"60_1_0_{STAMP}.jpg.chip.jpg"
+        secret.write_bytes(GOOD)
+        (base / "cache").mkdir()
+        for path in (base, folder, base / "cache", *folder.iterdir()):
+            path.chmod(0o777 if path.is_dir() else 0o644)
+        secret.chmod(0)
+        uid = 65534 if os.getuid() == 0 else os.getuid()
+        assert scan_as(uid, folder, base / "cache") == {"skipped": {"unreadable_file": 1}, "usable": 3}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -56,3 +56,14 @@ def test_second_load_of_the_5k_subset_is_fast(data_dir):
     assert faces.images.shape == (4980, 3, 128, 128)
     # a correctness guard, not a benchmark: the 5k load is ~0.2 s here; 3 s means the cache was not used
     assert elapsed < 3.0
+
+
+def test_a_truncated_cache_is_rebuilt(tmp_path, data_dir):
+    copy_real(data_dir, tmp_path / "a", sorted(os.listdir(data_dir))[:20])
+    built, path = _load(tmp_path / "a", tmp_path / "cache")
+    whole = open(path, "rb").read()
+    for damaged in (whole[: len(whole) // 2], b"", b"not a cache"):
+        open(path, "wb").write(damaged)
+        built, again = _load(tmp_path / "a", tmp_path / "cache")
+        assert built and again == path
+        assert torch.load(path, weights_only=True)["images"].shape == (20, 3, 40, 40)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from data_utils.dataset import Split, load_faces, make_split
+from data_utils.dataset import Split, SplitMismatchError, TooFewImagesError, load_faces, make_split
 from data_utils.scan import age_band
 
 
@@ -55,3 +55,19 @@ def test_subset_and_save_load_round_trip(faces, tmp_path):
 def test_too_few_images_is_an_error(faces):
     with pytest.raises(ValueError, match="too few"):
         make_split(faces, max_images=3)
+
+
+def test_too_few_or_one_gender_is_refused_saying_what_was_found(faces):
+    with pytest.raises(TooFewImagesError, match=r"max_images 20 leaves 20 usable image\(s\) \(\d+ male, \d+ female\)"):
+        make_split(faces, max_images=20)
+    males = faces.subset(np.flatnonzero(faces.genders.numpy() == 0)[:200])
+    with pytest.raises(TooFewImagesError, match=r"200 usable image\(s\) \(200 male, 0 female\).*both genders"):
+        make_split(males)
+    make_split(faces, max_images=60)  # enough of both
+
+
+def test_a_changed_folder_is_named_when_a_saved_split_no_longer_fits(faces, tmp_path):
+    make_split(faces, seed=0).save(tmp_path / "split.json", faces)
+    fewer = faces.subset(np.arange(100))
+    with pytest.raises(SplitMismatchError, match="no longer holds .* pass --data with the folder"):
+        Split.load(tmp_path / "split.json", fewer)

@@ -119,3 +119,73 @@ def test_evaluate_matches_a_hand_computation(exported, data_dir, tmp_path):
     assert metrics["gender_acc"] == pytest.approx(acc, abs=1e-4)
     assert metrics["age_mae"] == pytest.approx(mae, abs=1e-3)
     assert metrics["skipped"] == {"duplicate_or_conflicting": 2, "unparsable_name": 1}
+
+
+def test_truncated_weights_are_one_line_errors(exported, tiny_search, data_dir, tmp_path):
+    out, _ = exported
+    broken = tmp_path / "export"
+    shutil.copytree(out, broken)
+    whole = (broken / "model.pt").read_bytes()
+    (broken / "model.pt").write_bytes(whole[: len(whole) // 3])
+    result = run_cli("--model", broken, *map(str, real_faces(data_dir, 2)), "--out", tmp_path / "p.csv",
+                     script="search/predict.py")
+    assert result.returncode == 2 and "model.pt cannot be read (truncated or corrupt" in result.stderr
+    assert "Traceback" not in result.stderr
+    # the marked checkpoint of an experiment, truncated: export names it and the fix
+    folder, _ = tiny_search
+    copy = tmp_path / "tiny"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("export"))
+    best = json.loads((copy / "manifest.json").read_text())["archs"]["scratch"]["retrain"]["best_model"]
+    ckpt = copy / best["checkpoint"]
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    result = run_cli("--experiment", copy, "--arch", "scratch", "--out", tmp_path / "e", script="search/export.py")
+    assert result.returncode == 2 and "cannot be read" in result.stderr and "--stage retrain" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_finds_the_model_through_the_manifest(tiny_search, tmp_path):
+    folder, _ = tiny_search
+    moved = tmp_path / "moved" / "elsewhere"
+    shutil.copytree(folder, moved, ignore=shutil.ignore_patterns("export"))
+    result = run_cli("--experiment", moved, "--arch", "scratch", "--format", "torchscript", "--out", tmp_path / "a",
+                     script="search/export.py")
+    assert result.returncode == 0, result.stderr[-2000:]  # a moved experiment folder still works
+    best = json.loads((moved / "manifest.json").read_text())["archs"]["scratch"]["retrain"]["best_model"]
+    run_folder = (moved / best["checkpoint"]).parents[1]
+    run_folder.rename(run_folder.with_name("renamed"))
+    result = run_cli("--experiment", moved, "--arch", "scratch", "--out", tmp_path / "b", script="search/export.py")
+    assert result.returncode == 2 and "of the marked scratch model" in result.stderr and "is missing" in result.stderr
+
+
+def test_evaluate_on_unlabelled_names_says_why(exported, data_dir, tmp_path):
+    out, _ = exported
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, p in enumerate(real_faces(data_dir, 3)):
+        shutil.copy(p, folder / f"holiday_{i}.jpg")
+    result = run_cli("--model", out, "--data", folder, "--evaluate", "--out", tmp_path / "e.csv",
+                     script="search/predict.py")
+    assert result.returncode == 2
+    assert "no images to evaluate" in result.stderr and "3 unparsable_name" in result.stderr
+    assert "drop --evaluate" in result.stderr
+
+
+def test_predict_counts_link_loops(exported, data_dir, tmp_path):
+    out, _ = exported
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in real_faces(data_dir, 2):
+        shutil.copy(p, folder / p.name)
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "nothing.jpg")
+    result = run_cli("--model", out, "--data", folder, "--out", tmp_path / "p.csv", script="search/predict.py")
+    assert result.returncode == 0, result.stderr
+    assert "predicted 2 image(s), skipped 2 (2 broken_link)" in result.stderr
+
+
+def test_a_threshold_of_one_half_is_female_everywhere():
+    from experiments.objective import gender_accuracy, predicted_female
+
+    assert predicted_female(0.5) and not predicted_female(0.4999)
+    assert gender_accuracy(torch.tensor([0.5, 0.2, 0.9]), torch.tensor([1, 0, 0])) == pytest.approx(2 / 3)
+    assert gender_accuracy(np.array([0.5]), np.array([1])) == 1.0

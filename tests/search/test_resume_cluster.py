@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import torch
 
 from conftest import ROOT, TINY, run_cli
 
@@ -45,7 +46,7 @@ def terminated_trials(experiment: Path) -> dict[str, str]:
 
 def test_resume_after_the_driver_is_killed(data_dir, tmp_path):
     args = ["--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "killed",
-            "--num-samples", "6", "--concurrency", "1", *TINY]
+            "--num-samples", "6", "--concurrency", "1", "--seed", "7", *TINY]
     cmd = [sys.executable, "search/run.py", *map(str, args)]
     driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
@@ -67,10 +68,18 @@ def test_resume_after_the_driver_is_killed(data_dir, tmp_path):
     before = terminated_trials(experiment)
     assert 1 <= len(before) < 6
 
-    # the resumed run names only the experiment: data, budgets and --set values come from its saved settings
-    result = run_cli("--arch", "scratch", "--storage-path", tmp_path, "--name", "killed", "--preset", "quick", "--resume")
+    plan_before = json.loads((experiment / "search_plan.json").read_text())
+    # the resumed run names only the experiment: archs, seed, data, budgets, concurrency and --set values come from
+    # its saved settings
+    result = run_cli("--storage-path", tmp_path, "--name", "killed", "--resume")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "resuming 6 trials" in result.stdout
+    assert "resuming 6 trials" in result.stdout and "1 at a time" in result.stdout
+    assert not (tmp_path / "killed" / "pretrained").exists(), "the experiment never had a pretrained search"
+    assert json.loads((experiment / "search_plan.json").read_text()) == plan_before
+    manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    for t in manifest["archs"]["scratch"]["search"]["trials"]:  # every trial, resumed ones too, trained with seed 7
+        ckpt = torch.load(tmp_path / "killed" / t["best_checkpoint"], weights_only=True)
+        assert ckpt["config"]["seed"] == 7 and ckpt["config"]["image_size"] == 32
     trials = pd.read_csv(experiment / "trials.csv")
     assert len(trials) == 6 and (trials["status"] != "failed").all()
     assert set(trials["epochs"]) <= {1, 2, 3} and (trials["status"] == "completed").sum() == (trials["epochs"] == 3).sum()

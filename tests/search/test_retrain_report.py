@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import TINY, run_cli
 from search.report import SECTIONS, asha_rungs, pareto_front
@@ -50,11 +51,16 @@ def test_retrained_top_configs_with_seeds(tiny_search, arch):
         assert row["test_age_mae_mean"] == pytest.approx(mine["test_age_mae"].mean(), rel=1e-5)
         assert row["test_gender_acc_ci_low"] <= row["test_gender_acc_mean"] <= row["test_gender_acc_ci_high"]
         assert row["n_test"] == 45
+    listed = {r["trial_id"]: r for r in json.loads((folder / "manifest.json").read_text())["archs"][arch]["retrain"]["runs"]}
+    assert set(listed) == set(runs["trial_id"])
     for _, run in runs.iterrows():  # the reported final metrics are those of the saved test predictions
-        preds = pd.read_csv(folder / f"{arch}-retrain" / "test_predictions" / f"{run['trial_id']}.csv")
-        accuracy = ((preds["p_female"] > 0.5).astype(int) == preds["gender"]).mean()
+        preds = pd.read_csv(folder / listed[run["trial_id"]]["predictions"])
+        accuracy = ((preds["p_female"] >= 0.5).astype(int) == preds["gender"]).mean()
         assert accuracy == pytest.approx(run["test_gender_acc"], abs=1e-6)
         assert (preds["pred_age"] - preds["age"]).abs().mean() == pytest.approx(run["test_age_mae"], rel=1e-5)
+        # ... which come from the model after the last epoch, whatever checkpoint Ray kept
+        ckpt = torch.load(folder / listed[run["trial_id"]]["checkpoint"], weights_only=True)
+        assert ckpt["epoch"] == 3 and ckpt["config"]["train_on_val"]
     best = json.loads((folder / f"{arch}-retrain" / "best_model.json").read_text())
     top = runs[runs["rank"] == 0]
     assert best["rank"] == 0 and best["trial_id"] == top.loc[top["final_train_loss"].idxmin(), "trial_id"]
@@ -107,3 +113,4 @@ def test_report_and_retrain_stages_on_an_existing_experiment(tiny_search, tmp_pa
 def test_later_stage_without_an_experiment_is_refused(tmp_path, data_dir):
     result = run_cli("--data", data_dir, "--name", "none", "--storage-path", tmp_path, "--stage", "report", *TINY)
     assert result.returncode == 2 and "run the search stage first" in result.stderr
+    assert not (tmp_path / "none").exists()

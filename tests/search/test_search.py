@@ -4,8 +4,10 @@ import json
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 from conftest import TINY, run_cli
+from search.results import read_trials
 
 
 @pytest.mark.parametrize("arch", ["scratch", "pretrained"])
@@ -41,7 +43,18 @@ def test_outputs_and_tensorboard(tiny_search):
         events = list((folder / arch).glob("train_trial_*/events.out.tfevents.*"))
         assert len(events) == 5
     assert "unfreeze_epoch" in pd.read_csv(folder / "pretrained" / "trials.csv").columns.str.replace("config/", "").tolist()
+    # --set max_images=300 reached the split, and --set image_size=32 the trials and the saved settings
     assert json.loads((folder / "split.json").read_text())["counts"]["test"] == 45
+    saved = json.loads((folder / "search_settings.json").read_text())["settings"]
+    assert (saved["image_size"], saved["max_images"], saved["overrides"]) == (32, 300, {"batch_size": 32})
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for arch in ("scratch", "pretrained"):
+        search = manifest["archs"][arch]["search"]
+        assert search["study_name"] == f"tiny-{arch}" and (folder / search["optuna_storage"]).is_file()
+        assert [t["trial_id"] for t in search["trials"]] == read_trials(folder / arch / "trials.csv")["trial_id"].tolist()
+        for t in search["trials"]:
+            ckpt = torch.load(folder / t["best_checkpoint"], weights_only=True)
+            assert ckpt["config"]["image_size"] == 32 and ckpt["config"]["max_images"] == 300
 
 
 def test_rerun_without_resume_refuses(tiny_search, data_dir):
@@ -53,21 +66,22 @@ def test_rerun_without_resume_refuses(tiny_search, data_dir):
 @pytest.mark.parametrize("args, message", [
     (["--arch", "resnet"], "invalid choice: 'resnet'"),
     (["--data", "/nonexistent/faces"], "does not exist"),
-    (["--num-samples", "0"], "--num-samples must be at least 1"),
-    (["--grace-period", "9", "--max-epochs", "3"], "--grace-period 9 must be between 1 and --max-epochs 3"),
+    (["--num-samples", "0"], "--num-samples 0: must be at least 1"),
+    (["--grace-period", "9", "--max-epochs", "3"], "--grace-period 9: must be between 1 and --max-epochs 3"),
     (["--gpus-per-trial", "1"], "the Ray cluster has no GPUs"),
     (["--address", "127.0.0.1:9"], "cannot reach a Ray cluster at 127.0.0.1:9"),
     (["--address", "nonsense"], "is not auto, host:port or ray://host:port"),
     (["--set", "learning_rate=1"], "unknown config key"),
 ])
 def test_bad_input_is_one_clear_line(args, message, data_dir, tmp_path):
-    result = run_cli("--data", data_dir, "--storage-path", tmp_path, *TINY, *args, timeout=180)
+    result = run_cli("--data", data_dir, "--storage-path", tmp_path, "--name", "refused", *TINY, *args, timeout=180)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "refused").exists(), "a refused run must leave no half-made experiment"
 
 
 def test_empty_data_folder_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_cli("--data", tmp_path / "empty", "--storage-path", tmp_path, *TINY, timeout=120)
-    assert result.returncode == 2 and "is empty" in result.stderr
+    assert result.returncode == 2 and "the data folder is empty" in result.stderr
