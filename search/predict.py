@@ -93,7 +93,7 @@ def predict_files(model: torch.nn.Module, paths: list[Path], size: int, batch_si
 def empty_folder_message(folder: Path, report: ScanReport, evaluate: bool) -> str:
     """Why a folder gave nothing to predict, with what it holds."""
     if not report.files_seen:
-        return f"no images to predict: the folder {folder} is empty"
+        return f"no images to predict: the folder is empty ({folder})"
     found = ", ".join(f"{n} {r}" for r, n in sorted(report.skipped.items()))
     if evaluate:
         return (f"no images to evaluate in {folder}: {report.files_seen} entries, none usable ({found}); --evaluate "

@@ -4,6 +4,7 @@ import re
 import shutil
 
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 import pandas as pd
 import pytest
 
@@ -100,7 +101,9 @@ def test_log_scaled_parameter_axes_do_not_crowd(tmp_path):
     finally:
         plt.Figure.savefig = original
     fig = captured["fig"]
-    renderer = fig.canvas.get_renderer()
+    canvas = FigureCanvasAgg(fig)  # the report closed the figure; draw it again to measure its labels
+    canvas.draw()
+    renderer = canvas.get_renderer()
     for ax in fig.axes[:len(params)]:
         labels = [t for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()]
         boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)

@@ -10,7 +10,7 @@ from experiments.config import TrainConfig
 from search.results import trial_rows
 from search.spaces import GRACE, SPACES, Categorical, Float, Int
 from search.trainable import TrialData
-from search.tuning import DefineByRun, PrunedAwareOptunaSearch, SearchPlan, make_tuner, open_study_storage, search_space
+from search.tuning import DefineByRun, PrunedAwareOptunaSearch, SearchPlan, make_tuner, open_storage, search_space, study_storage_file
 
 
 def plan(arch="scratch", **kw):
@@ -93,16 +93,23 @@ def test_raising_and_diverging_trials_do_not_end_the_search(local_ray, data_dir,
 
 
 def test_study_storage_is_sqlite_or_a_journal_without_sqlalchemy(tmp_path, monkeypatch):
-    assert isinstance(open_study_storage(tmp_path), optuna.storages.RDBStorage)
+    assert isinstance(open_storage(study_storage_file(tmp_path)), optuna.storages.RDBStorage)
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # as on a machine without SQLAlchemy
     other = tmp_path / "other"
     other.mkdir()
-    storage = open_study_storage(other)
+    storage = open_storage(study_storage_file(other))
     assert isinstance(storage, optuna.storages.JournalStorage)
     study = optuna.create_study(storage=storage, study_name="s")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     assert (other / "optuna.journal").is_file()
     monkeypatch.delitem(sys.modules, "sqlalchemy")
     # an experiment that started with a journal keeps using it
-    assert isinstance(open_study_storage(other), optuna.storages.JournalStorage)
-    assert len(optuna.load_study(study_name="s", storage=open_study_storage(other)).trials) == 2
+    assert isinstance(open_storage(study_storage_file(other)), optuna.storages.JournalStorage)
+    assert len(optuna.load_study(study_name="s", storage=open_storage(study_storage_file(other))).trials) == 2
+
+
+def test_a_field_fixed_by_set_is_not_searched():
+    p = plan(experiment_dir="/tmp/x/scratch", num_samples=1, max_epochs=2, grace_period=1, concurrency=1,
+             fixed=("lr", "depth"))
+    space = search_space(p)
+    assert "lr" not in space and "depth" not in space and "dropout" in space
