@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,12 @@ MIN_SPLIT_IMAGES = 50
 
 @dataclass
 class Faces:
-    """Decoded faces: ``images`` uint8 N×3×S×S, ``ages``/``genders`` int64 N, one name and sha256 per row."""
+    """Decoded faces: ``images`` uint8 N×3×S×S, ``ages``/``genders`` int64 N, one name and sha256 per row.
+
+    A view (``view``) shares ``images`` with the faces it came from and picks its rows through ``rows``, so the
+    parts of a split cost no copy of the pixels. Pickled, the tensors travel as numpy arrays: Ray's object store
+    hands those to every process of a node as one shared, read-only copy instead of a private one each.
+    """
 
     images: torch.Tensor
     ages: torch.Tensor
@@ -40,14 +46,43 @@ class Faces:
     sha256: list[str]
     report: ScanReport
     cache_path: str = ""
+    rows: torch.Tensor | None = None  # a view's rows of ``images``; None: every row, in order
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def pixels(self) -> torch.Tensor:
+        """This part's images as one tensor (a copy for a view)."""
+        return self.images if self.rows is None else self.images[self.rows]
+
+    def _rows(self, index: np.ndarray | list[int]) -> torch.Tensor:
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return idx if self.rows is None else self.rows[idx]
+
     def subset(self, index: np.ndarray | list[int]) -> "Faces":
-        idx = torch.tensor(np.asarray(index, dtype=np.int64))  # a copy: arrays from Ray's object store are read-only
-        return Faces(self.images[idx], self.ages[idx], self.genders[idx], [self.names[i] for i in idx.tolist()],
-                     [self.sha256[i] for i in idx.tolist()], self.report, self.cache_path)
+        """A copy of the rows ``index``."""
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return Faces(self.images[self._rows(idx)], self.ages[idx], self.genders[idx],
+                     [self.names[i] for i in idx.tolist()], [self.sha256[i] for i in idx.tolist()], self.report,
+                     self.cache_path)
+
+    def view(self, index: np.ndarray | list[int]) -> "Faces":
+        """The rows ``index`` without copying the images (labels, small, are copied)."""
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return Faces(self.images, self.ages[idx], self.genders[idx], [self.names[i] for i in idx.tolist()],
+                     [self.sha256[i] for i in idx.tolist()], self.report, self.cache_path, self._rows(idx))
+
+    def __reduce__(self):
+        arrays = [t.numpy() if t is not None else None for t in (self.images, self.ages, self.genders, self.rows)]
+        return _faces_from_arrays, (*arrays, self.names, self.sha256, self.report, self.cache_path)
+
+
+def _faces_from_arrays(images, ages, genders, rows, names, sha256, report, cache_path) -> Faces:
+    """Unpickle ``Faces``: wrap the arrays without copying (read-only when they live in Ray's object store)."""
+    with warnings.catch_warnings():  # torch warns that a read-only array gives a tensor that must not be written
+        warnings.simplefilter("ignore", UserWarning)
+        wrap = lambda a: torch.from_numpy(a) if a is not None else None  # noqa: E731
+        return Faces(wrap(images), wrap(ages), wrap(genders), names, sha256, report, cache_path, wrap(rows))
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from data_utils.cache import check_image_size
+from experiments.device import PRECISIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -64,6 +65,8 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"  # auto (cuda if present), cpu, cuda, cuda:N
+    precision: str = "auto"  # auto (bf16 where the device computes it natively, else fp32), bf16, fp32
+    channels_last: bool = True  # convolutions in NHWC layout (faster on CPUs and GPUs for both architectures)
     train_on_val: bool = False  # train on train+val (final retraining); validation metrics then come from test
 
     def __post_init__(self):
@@ -73,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"unknown arch {self.arch!r}; valid: {', '.join(ARCHS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         check_image_size(self.image_size)

@@ -4,7 +4,8 @@
     python experiments/train.py --config seed_b --data DIR --out runs/train/b
 
 The data stays a uint8 tensor on the training device for the whole run (on CUDA: resident on the GPU);
-each batch is converted, augmented and, on CUDA, run under bf16 autocast in channels_last layout.
+each batch is converted, augmented and run in the precision and layout ``experiments.device`` picks for the
+device (bf16 autocast where the hardware computes bf16 natively, channels_last).
 """
 import os
 import sys
@@ -29,6 +30,7 @@ from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
 from data_utils.dataset import Faces, NoUsableImagesError, Split, load_faces, make_split  # noqa: E402
 from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
 from experiments.objective import METRIC, gender_accuracy, objective, predicted_female  # noqa: E402
+from experiments.device import Precision, resolve_device, resolve_precision  # noqa: E402,F401  (resolve_device: re-exported)
 from models import AgeGenderNet, build_model, count_parameters  # noqa: E402
 
 
@@ -38,28 +40,30 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TensorData:
-    """Images (uint8 N×3×S×S), ages (float years) and genders (float 0/1), all on one device."""
+    """Images (uint8), ages (float years) and genders (float 0/1) on one device.
+
+    On the CPU a view's ``images`` stay the shared store of every face and ``rows`` pick this part's, so
+    concurrent trials on a node share one copy of the pixels; on a GPU the part is copied there once.
+    """
 
     images: torch.Tensor
     ages: torch.Tensor
     genders: torch.Tensor
+    rows: torch.Tensor | None = None
 
     @classmethod
     def from_faces(cls, faces: Faces, device: torch.device) -> "TensorData":
-        return cls(faces.images.to(device), faces.ages.to(device, torch.float32), faces.genders.to(device, torch.float32))
+        labels = faces.ages.to(device, torch.float32), faces.genders.to(device, torch.float32)
+        if faces.rows is not None and device.type == "cpu":
+            return cls(faces.images, *labels, faces.rows)
+        return cls(faces.pixels().to(device), *labels)
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.ages.shape[0]
 
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → the first CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but no CUDA GPU is visible; use --device cpu or auto")
-    return device
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """The uint8 images of positions ``index`` of this part."""
+        return self.images[index if self.rows is None else self.rows[index.to(self.rows.device)]]
 
 
 def to_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -75,16 +79,21 @@ def loss_terms(age_pred, gender_logit, age, gender, age_weight: float):
 
 
 @torch.no_grad()
-def predict(model: AgeGenderNet, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Age (years) and P(female) for uint8 images, in eval mode, batched; float32 CPU tensors."""
+def predict(model: AgeGenderNet, images: torch.Tensor | TensorData, batch_size: int = 512,
+            precision: Precision | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Age (years) and P(female) for uint8 images (a tensor, or a part's ``TensorData``), in eval mode, batched,
+    in ``precision`` (default fp32; training passes its own); float32 CPU tensors."""
     device = next(model.parameters()).device
-    cuda = device.type == "cuda"
+    precision = precision or resolve_precision("fp32", device)
     was_training = model.training
     model.eval()
     ages, probs = [], []
-    for i in range(0, images.shape[0], batch_size):
-        x = to_input(images[i:i + batch_size].to(device), cuda)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+    n = len(images) if isinstance(images, TensorData) else images.shape[0]
+    for i in range(0, n, batch_size):
+        chunk = (images.batch(torch.arange(i, min(n, i + batch_size))) if isinstance(images, TensorData)
+                 else images[i:i + batch_size])
+        x = to_input(chunk.to(device), precision.channels_last)
+        with precision.autocast():
             age, logit = model(x)
         ages.append(age.float().cpu())
         probs.append(torch.sigmoid(logit.float()).cpu())
@@ -92,9 +101,10 @@ def predict(model: AgeGenderNet, images: torch.Tensor, batch_size: int = 512) ->
     return torch.cat(ages), torch.cat(probs)
 
 
-def score(model: AgeGenderNet, data: TensorData, age_weight: float) -> dict[str, float]:
+def score(model: AgeGenderNet, data: TensorData, age_weight: float,
+          precision: Precision | None = None) -> dict[str, float]:
     """Loss, gender accuracy and age MAE of ``model`` on ``data``, plus the objective."""
-    age_pred, prob = predict(model, data.images)
+    age_pred, prob = predict(model, data, precision=precision)
     age, gender = data.ages.cpu(), data.genders.cpu()
     logit = torch.logit(prob.clamp(1e-6, 1 - 1e-6))
     loss, _, _ = loss_terms(age_pred, logit, age, gender, age_weight)
@@ -145,13 +155,14 @@ class Trainer:
         self.held_out = held_out
         self.device = device or resolve_device(cfg.device)
         self.cuda = self.device.type == "cuda"
+        self.precision = resolve_precision(cfg.precision, self.device, cfg.channels_last, cfg.arch)
         torch.manual_seed(cfg.seed)
         self.train_data = TensorData.from_faces(train, self.device)
         self.held_out_data = TensorData.from_faces(held_out_faces, self.device)
         if len(self.train_data) < 2:
             raise ValueError(f"need at least 2 training images, got {len(self.train_data)}")
         self.model = build_model(cfg, imagenet_state=imagenet_state).to(self.device)
-        if self.cuda:
+        if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.augment = AugmentStrength(cfg.aug_flip, cfg.aug_rotate, cfg.aug_shift, cfg.aug_scale, cfg.aug_brightness)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -195,8 +206,10 @@ class Trainer:
         totals = torch.zeros(4, device=self.device)
         for step in range(self.steps_per_epoch):
             idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
-            x = augment_batch(to_input(data.images[idx], self.cuda), self.augment)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            x = augment_batch(to_input(data.batch(idx), False), self.augment)
+            if self.precision.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.precision.autocast():
                 age_pred, logit = self.model(x)
             loss, bce, l1 = loss_terms(age_pred, logit, data.ages[idx], data.genders[idx], cfg.age_loss_weight)
             self.optimizer.zero_grad(set_to_none=True)
@@ -223,7 +236,7 @@ class Trainer:
             if self.cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-            val = score(self.model, self.held_out_data, self.cfg.age_loss_weight)
+            val = score(self.model, self.held_out_data, self.cfg.age_loss_weight, self.precision)
             if not all(math.isfinite(v) for v in val.values()):
                 raise NonFiniteLossError(f"{self.held_out} metrics became non-finite in epoch {self.epoch + 1} ({val}); "
                                          "the configuration diverged")
@@ -293,10 +306,11 @@ def prepare_data(cfg: TrainConfig) -> tuple[Faces, Split]:
 
 
 def fit_parts(faces: Faces, split: Split, cfg: TrainConfig) -> tuple[Faces, Faces]:
-    """The (train, validation) parts for ``cfg``: train+val against test when ``train_on_val`` (final retraining)."""
+    """The (train, validation) parts for ``cfg`` as views of ``faces``: train+val against test when ``train_on_val``
+    (final retraining)."""
     if cfg.train_on_val:
-        return faces.subset(np.concatenate([split.train, split.val])), faces.subset(split.test)
-    return faces.subset(split.train), faces.subset(split.val)
+        return faces.view(np.concatenate([split.train, split.val])), faces.view(split.test)
+    return faces.view(split.train), faces.view(split.val)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -362,7 +376,8 @@ def main(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, train, val, held_out="test" if cfg.train_on_val else "val")
     part = trainer.held_out
     print(f"{cfg.arch}: {count_parameters(trainer.model) / 1e6:.2f}M parameters on {trainer.device}; "
-          f"{len(train)} train / {len(val)} val / {len(split.test)} test images at {cfg.image_size}px; run folder {run_dir}")
+          f"{len(train)} train / {len(val)} val / {len(split.test)} test images at {cfg.image_size}px; run folder {run_dir}\n"
+          f"training in {trainer.precision.describe(trainer.device)}")
     writer = SummaryWriter(str(run_dir / "tb"))
     for m in trainer.epochs():
         for key, value in m.items():
@@ -378,7 +393,8 @@ def main(args: argparse.Namespace) -> int:
         write_metrics(run_dir, trainer.history)
     best_ckpt = torch.load(run_dir / "best.pt", weights_only=True)
     model, _ = load_model(best_ckpt, trainer.device)
-    test = score(model, TensorData.from_faces(faces.subset(split.test), trainer.device), cfg.age_loss_weight)
+    test = score(model, TensorData.from_faces(faces.subset(split.test), trainer.device), cfg.age_loss_weight,
+                 trainer.precision)
     test = {"best_epoch": best_ckpt["epoch"], **{f"test_{k}" if k != METRIC else k: v for k, v in test.items()},
             "n_test": len(split.test)}
     (run_dir / "test_metrics.json").write_text(json.dumps(test, indent=2) + "\n")

@@ -13,7 +13,8 @@ from search.trainable import CHECKPOINT_FILE
 
 STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED = "completed", "stopped_early", "failed"
 TRIALS_FILE, BEST_CONFIG_FILE, PLAN_FILE = "trials.csv", "best_config.json", "search_plan.json"
-LOCAL_COLUMNS = ("trial_path", "best_checkpoint")  # where a trial's files are: the manifest's, not trials.csv's
+LOCAL_COLUMNS = ("trial_path", "best_checkpoint")
+PLACEMENT = ("node_id", "cpus", "gpu_share")  # where a trial's files are: the manifest's, not trials.csv's
 
 
 def read_trials(path: Path) -> pd.DataFrame:
@@ -53,6 +54,10 @@ def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int) -> pd.
             status, reason = STATUS_COMPLETED, ""
         row: dict[str, Any] = {"trial_id": last.get("trial_id", Path(result.path).name),
                                "status": status, "reason": reason, "epochs": epochs}
+        # where the trial ran last and what it was given (search.trainable.limit_resources)
+        row.update({k: last.get(k) for k in PLACEMENT})
+        if history is not None and "node_id" in history:
+            row["nodes"] = len(set(history["node_id"].dropna()))
         row.update({f"config/{k}": v for k, v in sorted(result.config.items())})
         scored = history.dropna(subset=[METRIC]) if history is not None and METRIC in history else None
         if scored is not None and len(scored):

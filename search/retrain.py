@@ -19,6 +19,7 @@ from ray import tune
 
 from data_utils.dataset import Faces
 from experiments.config import TrainConfig
+from experiments.device import resolve_precision
 from experiments.objective import METRIC, gender_accuracy, objective, predicted_female
 from experiments.train import load_model, predict
 from search.results import STATUS_COMPLETED, STATUS_FAILED, error_reason
@@ -41,11 +42,11 @@ def retrain_trial(config: dict[str, Any], data: RetrainData) -> None:
 
     Its held-out part is the test split (``test_*`` metrics), for learning curves only: no choice is made on it.
     """
-    limit_resources()
+    placement = limit_resources()
     cfg = TrainConfig.from_dict({**data.configs[config["rank"]], "seed": config["seed"], "train_on_val": True})
     trainer, _ = restored_trainer(cfg, data.trial_data, held_out="test")
     for metrics in trainer.epochs():
-        report_epoch(trainer, metrics)
+        report_epoch(trainer, {**metrics, **placement})
 
 
 def bootstrap_ci(per_seed: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -94,8 +95,10 @@ def final_predictions(checkpoint_file: Path, epochs: int, test: Faces) -> pd.Dat
     ckpt = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
     if int(ckpt["epoch"]) != epochs:
         raise RuntimeError(f"the kept checkpoint is from epoch {ckpt['epoch']}, not the final epoch {epochs}")
-    model, _ = load_model(ckpt, "cpu")
-    age, prob = predict(model, test.images)
+    model, cfg = load_model(ckpt, "cpu")
+    # scored in the precision the run trained in, as the device here computes it
+    age, prob = predict(model, test.images, precision=resolve_precision(cfg.precision, torch.device("cpu"),
+                                                                        cfg.channels_last, cfg.arch))
     return pd.DataFrame({"name": test.names, "age": test.ages.numpy(), "gender": test.genders.numpy(),
                          "pred_age": age.numpy(), "p_female": prob.numpy()})
 

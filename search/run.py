@@ -75,7 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs each trial reserves (default: 1)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPUs each trial reserves; fractions pack trials on one GPU, each capped to its share of "
-                        "the GPU's memory (default: 1 if the cluster has GPUs, else 0)")
+                        "the GPU's memory (default: measured, the smallest of 1, 1/2, 1/4, 1/8 that holds the "
+                        "space's largest configuration; 0 without GPUs)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="trials running at once (default: as many as the resources allow)")
     p.add_argument("--max-failures", type=int, default=None,
@@ -143,12 +144,38 @@ def connect_ray(s: RunSettings) -> dict[str, float]:
     return ray.cluster_resources()
 
 
+def measured_gpu_share(s: RunSettings) -> float:
+    """The default GPU share of a trial: one training step of each architecture's largest configuration is
+    measured on a GPU of the cluster (search.packing)."""
+    import ray
+
+    from experiments.config import TrainConfig
+    from models.pretrained import imagenet_state
+    from search.packing import gpu_share, largest_config, measure_step_memory
+    from search.tuning import SearchPlan, search_space
+
+    measure = ray.remote(num_gpus=1)(measure_step_memory)
+    shares = []
+    for arch in s.archs:
+        plan = SearchPlan(arch=arch, experiment_dir="", num_samples=1, max_epochs=s.max_epochs,
+                          grace_period=s.grace_period, reduction_factor=s.reduction_factor, concurrency=1,
+                          cpus_per_trial=s.cpus_per_trial, gpus_per_trial=1.0,
+                          space_overrides=s.space_overrides_for(arch), fixed=tuple(sorted(s.overrides)))
+        config = largest_config(s.base_config(arch), search_space(plan))
+        state = imagenet_state(TrainConfig.from_dict(config)) if arch == "pretrained" else None
+        peak, total, card = ray.get(measure.remote(config, state))
+        shares.append(gpu_share(peak, total))
+        print(f"{arch}: the largest configuration peaks at {peak / 2**20:.0f} MiB per step on a {card} "
+              f"({total / 2**30:.0f} GiB): {round(1 / shares[-1])} trial(s) per GPU")
+    return max(shares)
+
+
 def plan_resources(s: RunSettings, resources: dict[str, float], trials: int) -> tuple[float, int]:
     """(GPUs per trial, concurrency) for the cluster's resources; refuses GPUs that are not there."""
     gpus = resources.get("GPU", 0.0)
     gpt = s.gpus_per_trial
     if gpt is None:
-        gpt = 1.0 if gpus >= 1 else 0.0
+        gpt = measured_gpu_share(s) if gpus >= 1 else 0.0
         if gpus == 0:
             print("notice: no GPU in the Ray cluster, so trials train on the CPU (slow beyond the quick preset)")
     elif gpt > 0 and gpus == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,13 +34,21 @@ class TrialData:
     base_config: dict[str, Any] = field(default_factory=dict)
 
 
-def limit_resources() -> None:
-    """Match torch's threads to the trial's CPUs and, on a shared GPU, cap the trial's share of its memory."""
+def limit_resources() -> dict[str, Any]:
+    """Match torch's threads to the trial's CPUs and, on a shared GPU, cap the trial's share of its memory.
+
+    Returns where the trial runs and what it was given (node, CPUs, GPU share), reported with every epoch so
+    that ``trials.csv`` shows how trials were placed and packed.
+    """
+    import ray
+
     resources = tune.get_context().get_trial_resources().required_resources
-    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
-    gpu_share = resources.get("GPU", 0)
+    cpus, gpu_share = resources.get("CPU", 1), resources.get("GPU", 0)
+    torch.set_num_threads(max(1, int(cpus)))
     if torch.cuda.is_available() and 0 < gpu_share < 1:
         torch.cuda.set_per_process_memory_fraction(gpu_share)
+    return {"node_id": ray.get_runtime_context().get_node_id(), "cpus": float(cpus), "gpu_share": float(gpu_share),
+            "started_at": time.time()}
 
 
 def restored_trainer(cfg: TrainConfig, data: TrialData, held_out: str = "val") -> tuple[Trainer, Faces]:
@@ -69,7 +78,7 @@ def report_epoch(trainer: Trainer, metrics: dict[str, Any], write_extra: Callabl
 
 def train_trial(config: dict[str, Any], data: TrialData) -> None:
     """Tune's trainable: overlay the trial's ``config`` on the search's base config, train, report each epoch."""
-    limit_resources()
+    placement = limit_resources()
     diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED_FILE
     if diverged.exists():
         # a retry after divergence would diverge again from the same checkpoint; end with the original reason
@@ -77,7 +86,7 @@ def train_trial(config: dict[str, Any], data: TrialData) -> None:
     trainer, _ = restored_trainer(TrainConfig.from_dict({**data.base_config, **config}), data)
     try:
         for metrics in trainer.epochs():
-            report_epoch(trainer, metrics)
+            report_epoch(trainer, {**metrics, **placement})
     except NonFiniteLossError as err:
         diverged.write_text(json.dumps({"reason": str(err)}))
         raise

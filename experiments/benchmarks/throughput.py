@@ -1,9 +1,13 @@
-"""Training throughput (images/second) of both architectures on whatever device is here, printed as JSON.
+"""Training throughput (images/second) of both architectures, printed as JSON.
 
     python experiments/benchmarks/throughput.py [--image-size 128] [--batch-size 64] [--steps 20]
+    python experiments/benchmarks/throughput.py --threads-vs-trials      # on a CPU: 1 trial × N threads or N × 1
 
 Times full training steps (augmentation, forward, backward, optimiser) on random uint8 images already on
-the device, after warm-up steps, with the device synchronised before the clock is read.
+the device, after warm-up steps, with the device synchronised before the clock is read. Every architecture
+is timed in fp32 NCHW (the path before precision was chosen per device) and in the resolved default
+(``precision: auto`` and channels_last), interleaved in one run, so the speedup is a ratio measured under the
+same machine load. On a GPU it also reports each step's peak memory.
 """
 import os
 import sys
@@ -13,14 +17,15 @@ if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
 
 from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
 from experiments.config import TrainConfig, parse_overrides  # noqa: E402
-from experiments.train import loss_terms, make_optimizer, resolve_device, to_input  # noqa: E402
+from experiments.device import Precision, device_name, fp32_nchw, resolve_device, resolve_precision  # noqa: E402
+from experiments.train import loss_terms, make_optimizer, to_input  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
 
 
@@ -29,64 +34,127 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", nargs="+", default=["scratch", "pretrained"], help="architectures to time")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per architecture")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per architecture and variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=2, help="variants alternate this many times (min is kept)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--only-default", action="store_true", help="time the resolved default only")
+    parser.add_argument("--threads-vs-trials", action="store_true",
+                        help="CPU: N concurrent 1-thread processes against one N-thread process (N = cores)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. depth=4")
     return parser
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+class Step:
+    """One architecture's model, optimiser and data in one precision; ``run(n)`` times n training steps."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, precision: Precision):
+        self.cfg, self.device, self.precision = cfg, device, precision
+        torch.manual_seed(0)
+        self.model = build_model(cfg, load_weights=False).to(device)
+        if precision.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.train()
+        self.opt = make_optimizer(self.model, cfg)
+        self.aug = AugmentStrength(cfg.aug_flip, cfg.aug_rotate, cfg.aug_shift, cfg.aug_scale, cfg.aug_brightness)
+        n = cfg.batch_size * 4
+        self.images = torch.randint(0, 256, (n, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
+        self.ages = torch.rand(n, device=device) * 80 + 1
+        self.genders = (torch.rand(n, device=device) > 0.5).float()
+        self.i = 0
+
+    def step(self) -> None:
+        b = self.cfg.batch_size
+        sl = slice((self.i % 4) * b, (self.i % 4 + 1) * b)
+        self.i += 1
+        x = augment_batch(to_input(self.images[sl], False), self.aug)
+        if self.precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.precision.autocast():
+            age, logit = self.model(x)
+        loss, _, _ = loss_terms(age, logit, self.ages[sl], self.genders[sl], self.cfg.age_loss_weight)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def run(self, steps: int) -> float:
+        """Seconds for ``steps`` steps."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
+def config_for(arch: str, args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig.from_dict({"arch": arch, "image_size": args.image_size, "batch_size": args.batch_size,
+                                  "unfreeze_epoch": 0, **parse_overrides(args.set)})
 
 
 def time_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dict:
-    overrides = parse_overrides(args.set)
-    cfg = TrainConfig.from_dict({"arch": arch, "image_size": args.image_size, "batch_size": args.batch_size,
-                                 "unfreeze_epoch": 0, **overrides})
-    model = build_model(cfg, load_weights=False).to(device)
-    cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    opt = make_optimizer(model, cfg)
-    aug = AugmentStrength(cfg.aug_flip, cfg.aug_rotate, cfg.aug_shift, cfg.aug_scale, cfg.aug_brightness)
-    images = torch.randint(0, 256, (cfg.batch_size * 4, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
-    ages = torch.rand(images.shape[0], device=device) * 80 + 1
-    genders = (torch.rand(images.shape[0], device=device) > 0.5).float()
+    cfg = config_for(arch, args)
+    variants = {"default": resolve_precision(cfg.precision, device, cfg.channels_last, cfg.arch)}
+    if not args.only_default:
+        variants = {"fp32_nchw": fp32_nchw(device), **variants}
+    steps = {name: Step(cfg, device, p) for name, p in variants.items()}
+    peak = {}
+    for name, s in steps.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        s.run(args.warmup)
+        if device.type == "cuda":
+            peak[name] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    best = {name: float("inf") for name in steps}
+    for _ in range(args.rounds):  # interleaved, so both variants see the same machine load
+        for name, s in steps.items():
+            best[name] = min(best[name], s.run(args.steps))
+    out = {"arch": arch, "parameters": count_parameters(steps["default"].model), "image_size": cfg.image_size,
+           "batch_size": cfg.batch_size, "depth": cfg.depth, "base_width": cfg.base_width, "steps": args.steps,
+           "default": variants["default"].describe(device)}
+    for name, seconds in best.items():
+        out[f"{name}_images_per_second"] = round(args.steps * cfg.batch_size / seconds, 1)
+        if name in peak:
+            out[f"{name}_peak_memory_mib"] = peak[name]
+    return out
 
-    def step(i: int) -> None:
-        sl = slice((i % 4) * cfg.batch_size, (i % 4 + 1) * cfg.batch_size)
-        x = augment_batch(to_input(images[sl], cuda), aug)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            age, logit = model(x)
-        loss, _, _ = loss_terms(age, logit, ages[sl], genders[sl], cfg.age_loss_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
-    for i in range(args.warmup):
-        step(i)
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(args.steps):
-        step(i)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return {"arch": arch, "parameters": count_parameters(model), "image_size": cfg.image_size,
-            "batch_size": cfg.batch_size, "depth": cfg.depth, "base_width": cfg.base_width,
-            "steps": args.steps, "seconds": round(seconds, 3),
-            "train_images_per_second": round(args.steps * cfg.batch_size / seconds, 1)}
+def threads_vs_trials(args: argparse.Namespace) -> dict:
+    """Aggregate img/s of one process with all cores' threads against one 1-thread process per core at once."""
+    cores = os.cpu_count() or 1
+    cmd = [sys.executable, os.path.abspath(__file__), "--only-default", "--rounds", "1", "--image-size",
+           str(args.image_size), "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--device", "cpu",
+           "--arch", *args.arch, "--set", *args.set]
+    runs = {}
+    for label, procs, threads in (("one_trial_all_threads", 1, cores), ("one_trial_per_core", cores, 1)):
+        started = [subprocess.Popen(cmd + ["--threads", str(threads)], stdout=subprocess.PIPE, text=True)
+                   for _ in range(procs)]
+        outs = [json.loads(p.communicate()[0]) for p in started]
+        runs[label] = {r["arch"]: round(sum(o["results"][i]["default_images_per_second"] for o in outs), 1)
+                       for i, r in enumerate(outs[0]["results"])}
+    ratio = {a: round(runs["one_trial_per_core"][a] / runs["one_trial_all_threads"][a], 2) for a in args.arch}
+    return {"cores": cores, "aggregate_images_per_second": runs, "per_core_over_all_threads": ratio}
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    out = {"device": device_name(device), "torch": torch.__version__}
+    if args.threads_vs_trials:
+        out.update(threads_vs_trials(args))
+        print(json.dumps(out, indent=2))
+        return 0
     results = [time_arch(arch, args, device) for arch in args.arch]
-    print(json.dumps({"device": device_name(device), "torch": torch.__version__, "results": results}, indent=2))
+    out["results"] = results
+    if not args.only_default:
+        out["speedup_vs_fp32_nchw"] = {r["arch"]: round(r["default_images_per_second"] / r["fp32_nchw_images_per_second"], 2)
+                                       for r in results}
+    print(json.dumps(out, indent=2))
     return 0
 
 
