@@ -154,7 +154,7 @@ def make_retrain_tuner(experiment_dir: str, data: RetrainData, seeds: list[int],
     return tune.Tuner(
         trainable,
         param_space={"rank": tune.grid_search(list(range(len(data.configs)))), "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
                                   # the latest checkpoint is kept: the final model (final_predictions checks it)
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -330,7 +330,17 @@ def main(args: argparse.Namespace) -> int:
     print(f"data: {faces.report.usable} usable images in {s.data_dir} ({sum(faces.report.skipped.values())} skipped); "
           f"split {len(split.train)}/{len(split.val)}/{len(split.test)} at {s.image_size}px")
     if training:
+        from torch import device as torch_device
+
+        from experiments.device import resolve_precision
+
         print(f"watch the trials: tensorboard --logdir {s.storage}/{s.name}", flush=True)
+        trial_device = torch_device("cuda" if gpus_per_trial > 0 else "cpu")
+        for arch in s.archs:
+            cfg = s.base_config(arch)
+            precision = resolve_precision(cfg["precision"], trial_device, cfg["channels_last"], arch)
+            print(f"{arch}: trials train in {precision.describe(trial_device)}"
+                  + (f", {s.cpus_per_trial:g} thread(s) each" if gpus_per_trial == 0 else ""), flush=True)
         for arch in s.archs:
             data = prepare_trial_data(s, arch, faces, split)
             if searching:

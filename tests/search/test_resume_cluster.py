@@ -127,8 +127,8 @@ def test_trials_pack_on_a_declared_gpu_of_an_existing_cluster(data_dir, tmp_path
                 time.sleep(0.5)
         result = run_cli("--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "cluster",
                          "--num-samples", "4", "--address", f"127.0.0.1:{port}", "--stage", "search",
-                         "--gpus-per-trial", "0.25", "--grace-period", "2", "--max-epochs", "2",
-                         *[a for a in TINY if a not in ("--max-epochs", "3", "--grace-period", "1")])
+                         "--gpus-per-trial", "0.25", "--grace-period", "2", "--max-epochs", "2", "--preset", "quick",
+                         "--set", "image_size=32", "max_images=300", "batch_size=32")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "4 at a time (1 CPU, 0.25 GPU each)" in result.stdout
         trials = pd.read_csv(tmp_path / "cluster" / "scratch" / "trials.csv")
@@ -150,7 +150,7 @@ def test_trials_pack_on_a_declared_gpu_of_an_existing_cluster(data_dir, tmp_path
 
 def start_node(args: list[str], env: dict) -> subprocess.Popen:
     # --block keeps `ray start` in the foreground, so ending its process group stops this node and no other
-    return subprocess.Popen([RAY, "start", "--block", "--include-dashboard=false", *args], env=env,
+    return subprocess.Popen([RAY, "start", "--block", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -164,13 +164,38 @@ def stop_node(node: subprocess.Popen, sig=signal.SIGTERM) -> None:
         os.killpg(node.pid, signal.SIGKILL)
 
 
+def kill_node(node: subprocess.Popen) -> None:
+    """Lose a node as a crashed machine would: SIGKILL its `ray start`, raylet and every worker process under it
+    (Ray starts some of them in sessions of their own, so the process group is not enough)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    doomed, todo = [], [node.pid]
+    while todo:
+        pid = todo.pop()
+        doomed.append(pid)
+        todo += children.get(pid, [])
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    node.wait(timeout=60)
+
+
 def test_two_nodes_and_a_lost_node(data_dir, tmp_path):
     """A head and a worker on this machine form a 2-node cluster; the search runs a trial on each, records each
     trial's node, and when the worker is killed mid-trial its trial is retried from its checkpoint on the head."""
     port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # a node joining a Ray 2.60 head sends the head's token (~/.ray/auth_token) only in token mode
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    head = start_node(["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp_dir}"], env)
+    head = start_node(["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp_dir}"],
+                      env)
     worker = None
     driver = None
     try:
@@ -203,7 +228,7 @@ def test_two_nodes_and_a_lost_node(data_dir, tmp_path):
             assert driver.poll() is None and time.time() < deadline, "the trials did not start on both nodes"
             time.sleep(0.2)
         assert len({p["node_id"].iloc[-1] for p in progress}) == 2, "one trial per node"
-        stop_node(worker, signal.SIGKILL)
+        kill_node(worker)
         out, _ = driver.communicate(timeout=400)
         assert driver.returncode == 0, out[-3000:]
         trials = pd.read_csv(experiment / "trials.csv")
