@@ -60,7 +60,7 @@ def device_name(device: torch.device) -> str:
     """The card's or the CPU's name, for logs and benchmark JSON."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpuinfo()[0]} ({torch.get_num_threads()} threads)"
+    return _cpuinfo()[0]
 
 
 @dataclass(frozen=True)

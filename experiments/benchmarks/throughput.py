@@ -144,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    out = {"device": device_name(device), "torch": torch.__version__}
+    out = {"device": device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.threads_vs_trials:
         out.update(threads_vs_trials(args))
         print(json.dumps(out, indent=2))
