@@ -3,8 +3,8 @@
 ``precision: auto`` trains under bf16 autocast where the hardware computes bf16 natively — CUDA GPUs that
 support it, and CPUs with AVX512-BF16 or AMX-BF16 (read from the CPU's flags, not assumed) — and in fp32
 elsewhere, where bf16 would be emulated and slower. One measured exception: on a CPU, the pretrained
-MobileNetV2 (depthwise convolutions) trains no faster in bf16 than in fp32 channels_last at any size measured
-(48-128 px) and much slower at small ones, so ``auto`` keeps it in fp32 there. Convolutions run in
+MobileNetV2 (depthwise convolutions) trains slower in bf16 than in fp32 channels_last below 128 px (at 48 px
+half as fast) and as fast at 128, so ``auto`` keeps it in fp32 below ``CPU_BF16_FROM_SIZE``. Convolutions run in
 channels_last everywhere: faster than NCHW for both architectures on the CPU (README, "Training speed").
 """
 from __future__ import annotations
@@ -19,9 +19,10 @@ import torch
 
 PRECISIONS = ("auto", "bf16", "fp32")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# architectures that auto keeps in fp32 on a CPU, measured (experiments/benchmarks/throughput.py, AMD EPYC, batch 64,
-# images/s fp32 channels_last vs bf16: 403 vs 217 at 48 px, 315 vs 225 at 64, 174 vs 144 at 96, 87 vs 91 at 128)
-CPU_FP32_ARCHS = ("pretrained",)
+# architecture → image size below which auto keeps it in fp32 on a CPU, measured (experiments/benchmarks/
+# throughput.py, AMD EPYC, batch 64, images/s fp32 channels_last vs bf16: 403 vs 217 at 48 px, 315 vs 225 at 64,
+# 174 vs 144 at 96, 87 vs 91 at 128)
+CPU_BF16_FROM_SIZE = {"pretrained": 128}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,15 +86,17 @@ class Precision:
         return f"{self.name} on {device_name(device)}{', channels_last' if self.channels_last else ''}"
 
 
-def resolve_precision(name: str, device: torch.device, channels_last: bool = True, arch: str | None = None) -> Precision:
-    """The precision a config's ``precision`` field means for ``arch`` on ``device`` (see the module's docstring)."""
+def resolve_precision(name: str, device: torch.device, channels_last: bool = True, arch: str | None = None,
+                      image_size: int | None = None) -> Precision:
+    """The precision a config's ``precision`` field means for ``arch`` at ``image_size`` on ``device`` (see the
+    module's docstring)."""
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}; valid: {', '.join(PRECISIONS)}")
     if name == "auto":
         if device.type == "cuda":
             native = torch.cuda.is_bf16_supported()
         else:
-            native = cpu_has_native_bf16() and arch not in CPU_FP32_ARCHS
+            native = cpu_has_native_bf16() and (image_size or 0) >= CPU_BF16_FROM_SIZE.get(arch, 0)
         name = "bf16" if native else "fp32"
     return Precision(device.type, torch.bfloat16 if name == "bf16" else None, channels_last)
 

@@ -155,7 +155,8 @@ class Trainer:
         self.held_out = held_out
         self.device = device or resolve_device(cfg.device)
         self.cuda = self.device.type == "cuda"
-        self.precision = resolve_precision(cfg.precision, self.device, cfg.channels_last, cfg.arch)
+        self.precision = resolve_precision(cfg.precision, self.device, cfg.channels_last, cfg.arch,
+                                           cfg.image_size)
         torch.manual_seed(cfg.seed)
         self.train_data = TensorData.from_faces(train, self.device)
         self.held_out_data = TensorData.from_faces(held_out_faces, self.device)

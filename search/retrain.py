@@ -98,7 +98,7 @@ def final_predictions(checkpoint_file: Path, epochs: int, test: Faces) -> pd.Dat
     model, cfg = load_model(ckpt, "cpu")
     # scored in the precision the run trained in, as the device here computes it
     age, prob = predict(model, test.images, precision=resolve_precision(cfg.precision, torch.device("cpu"),
-                                                                        cfg.channels_last, cfg.arch))
+                                                                        cfg.channels_last, cfg.arch, cfg.image_size))
     return pd.DataFrame({"name": test.names, "age": test.ages.numpy(), "gender": test.genders.numpy(),
                          "pred_age": age.numpy(), "p_female": prob.numpy()})
 

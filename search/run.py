@@ -338,7 +338,8 @@ def main(args: argparse.Namespace) -> int:
         trial_device = torch_device("cuda" if gpus_per_trial > 0 else "cpu")
         for arch in s.archs:
             cfg = s.base_config(arch)
-            precision = resolve_precision(cfg["precision"], trial_device, cfg["channels_last"], arch)
+            precision = resolve_precision(cfg["precision"], trial_device, cfg["channels_last"], arch,
+                                          cfg["image_size"])
             print(f"{arch}: trials train in {precision.describe(trial_device)}"
                   + (f", {s.cpus_per_trial:g} thread(s) each" if gpus_per_trial == 0 else ""), flush=True)
         for arch in s.archs:

@@ -98,7 +98,8 @@ def config_for(arch: str, args: argparse.Namespace) -> TrainConfig:
 
 def time_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dict:
     cfg = config_for(arch, args)
-    variants = {"default": resolve_precision(cfg.precision, device, cfg.channels_last, cfg.arch)}
+    variants = {"default": resolve_precision(cfg.precision, device, cfg.channels_last, cfg.arch,
+                                                    cfg.image_size)}
     if not args.only_default:
         variants = {"fp32_nchw": fp32_nchw(device), **variants}
     steps = {name: Step(cfg, device, p) for name, p in variants.items()}

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import jpeg_bytes, run_cli
+from conftest import copy_real, jpeg_bytes, run_cli
 from data_utils.cache import decode_face
 from data_utils.scan import parse_name
 from search.predict import load_export
@@ -60,9 +60,7 @@ def test_export_refuses_a_folder_that_is_not_an_experiment(tmp_path):
 def test_predict_on_good_and_bad_files(exported, data_dir, tmp_path):
     out, _ = exported
     folder = tmp_path / "mixed"
-    folder.mkdir()
-    for p in real_faces(data_dir, 4):
-        shutil.copy(p, folder / p.name)
+    copy_real(data_dir, folder, [p.name for p in real_faces(data_dir, 4)])
     (folder / "gray.png").write_bytes(jpeg_bytes(size=(90, 70), mode="L", fmt="PNG"))
     (folder / "broken.jpg").write_bytes(real_faces(data_dir, 1)[0].read_bytes()[:300])
     (folder / "notes.jpg").write_text("not an image")
@@ -173,9 +171,7 @@ def test_evaluate_on_unlabelled_names_says_why(exported, data_dir, tmp_path):
 def test_predict_counts_link_loops(exported, data_dir, tmp_path):
     out, _ = exported
     folder = tmp_path / "in"
-    folder.mkdir()
-    for p in real_faces(data_dir, 2):
-        shutil.copy(p, folder / p.name)
+    copy_real(data_dir, folder, [p.name for p in real_faces(data_dir, 2)])
     (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
     (folder / "gone.jpg").symlink_to(tmp_path / "nothing.jpg")
     result = run_cli("--model", out, "--data", folder, "--out", tmp_path / "p.csv", script="search/predict.py")
