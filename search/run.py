@@ -331,13 +331,17 @@ def main(args: argparse.Namespace) -> int:
           f"split {len(split.train)}/{len(split.val)}/{len(split.test)} at {s.image_size}px")
     if training:
         from torch import device as torch_device
+        from torch.cuda import is_available as torch_cuda_available
 
         from experiments.device import resolve_precision
 
         print(f"watch the trials: tensorboard --logdir {s.storage}/{s.name}", flush=True)
-        trial_device = torch_device("cuda" if gpus_per_trial > 0 else "cpu")
         for arch in s.archs:
             cfg = s.base_config(arch)
+            if gpus_per_trial > 0 and not torch_cuda_available():  # the GPUs are on other nodes (or declared only)
+                print(f"{arch}: trials train on the cluster's GPUs, bf16 where the card supports it", flush=True)
+                continue
+            trial_device = torch_device("cuda" if gpus_per_trial > 0 else "cpu")
             precision = resolve_precision(cfg["precision"], trial_device, cfg["channels_last"], arch,
                                           cfg["image_size"])
             print(f"{arch}: trials train in {precision.describe(trial_device)}"
