@@ -142,9 +142,7 @@ def read_cache(path: Path) -> dict | None:
     """The cache at ``path``, or None when it is missing, truncated, corrupt or of another version."""
     try:
         cache = torch.load(path, weights_only=True)
-    except FileNotFoundError:
-        return None
-    except Exception:  # truncated or corrupt: torch raises RuntimeError, EOFError or an unpickling error
+    except Exception:  # gone, or truncated or corrupt: torch raises RuntimeError, EOFError or an unpickling error
         return None
     try:
         n = cache["images"].shape[0]

@@ -1,6 +1,7 @@
 """From a folder to labelled uint8 tensors and a saved, leak-free train/validation/test split."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -61,10 +62,8 @@ class Faces:
 
     def subset(self, index: np.ndarray | list[int]) -> "Faces":
         """A copy of the rows ``index``."""
-        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
-        return Faces(self.images[self._rows(idx)], self.ages[idx], self.genders[idx],
-                     [self.names[i] for i in idx.tolist()], [self.sha256[i] for i in idx.tolist()], self.report,
-                     self.cache_path)
+        view = self.view(index)
+        return dataclasses.replace(view, images=view.pixels(), rows=None)
 
     def view(self, index: np.ndarray | list[int]) -> "Faces":
         """The rows ``index`` without copying the images (labels, small, are copied)."""

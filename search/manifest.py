@@ -70,7 +70,11 @@ def record(root: Path, arch: str, stage: str, entry: dict[str, Any]) -> None:
     """Set ``arch``'s ``stage`` entry and write the manifest atomically."""
     manifest = load(root)
     manifest["archs"].setdefault(arch, {})[stage] = entry
-    path = Path(root) / MANIFEST_FILE
+    write_json(Path(root) / MANIFEST_FILE, manifest)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON through a temporary file and a rename, so a reader never sees half a file."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)

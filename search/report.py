@@ -32,6 +32,7 @@ from experiments.objective import METRIC, REFERENCE_AGE_MAE, REFERENCE_GENDER_ER
 from models import build_model, count_parameters  # noqa: E402
 from search import manifest  # noqa: E402
 from search.results import STATUS_COMPLETED, STATUS_STOPPED, read_trials  # noqa: E402
+from search.spaces import SPACES  # noqa: E402
 from search.tuning import open_storage  # noqa: E402
 
 ARCHS = ("scratch", "pretrained")
@@ -398,7 +399,9 @@ def importance(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
                   f"objective against each searched parameter, {arch}")
 
 
-LOG_PARAMS = ("lr", "weight_decay", "age_loss_weight", "backbone_lr_mult")
+# log-scaled in the report exactly where the search samples them on a log scale
+LOG_PARAMS = tuple(sorted({name for space in SPACES.values() for name, dist in space.items()
+                           if getattr(dist, "log", False)}))
 
 
 def log_ticks(low: float, high: float, max_ticks: int = 4) -> list[float]:

@@ -9,12 +9,11 @@ import pandas as pd
 
 from experiments.config import TrainConfig
 from experiments.objective import METRIC, MODE
-from search.trainable import CHECKPOINT_FILE
+from search.trainable import CHECKPOINT_FILE, PLACEMENT
 
 STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED = "completed", "stopped_early", "failed"
 TRIALS_FILE, BEST_CONFIG_FILE, PLAN_FILE = "trials.csv", "best_config.json", "search_plan.json"
-LOCAL_COLUMNS = ("trial_path", "best_checkpoint")
-PLACEMENT = ("node_id", "cpus", "gpu_share")  # where a trial's files are: the manifest's, not trials.csv's
+LOCAL_COLUMNS = ("trial_path", "best_checkpoint")  # where a trial's files are: the manifest's, not trials.csv's
 
 
 def read_trials(path: Path) -> pd.DataFrame:

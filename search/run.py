@@ -152,16 +152,11 @@ def measured_gpu_share(s: RunSettings) -> float:
     from experiments.config import TrainConfig
     from models.pretrained import imagenet_state
     from search.packing import gpu_share, largest_config, measure_step_memory
-    from search.tuning import SearchPlan, search_space
 
     measure = ray.remote(num_gpus=1)(measure_step_memory)
     shares = []
     for arch in s.archs:
-        plan = SearchPlan(arch=arch, experiment_dir="", num_samples=1, max_epochs=s.max_epochs,
-                          grace_period=s.grace_period, reduction_factor=s.reduction_factor, concurrency=1,
-                          cpus_per_trial=s.cpus_per_trial, gpus_per_trial=1.0,
-                          space_overrides=s.space_overrides_for(arch), fixed=tuple(sorted(s.overrides)))
-        config = largest_config(s.base_config(arch), search_space(plan))
+        config = largest_config(s.base_config(arch), s.space(arch))
         state = imagenet_state(TrainConfig.from_dict(config)) if arch == "pretrained" else None
         peak, total, card = ray.get(measure.remote(config, state))
         shares.append(gpu_share(peak, total))
@@ -226,7 +221,7 @@ def run_search(s: RunSettings, arch: str, data, gpus_per_trial: float, concurren
                       concurrency=concurrency, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                       seed=s.seed, scheduler=s.scheduler, max_failures=s.max_failures,
                       space_overrides=s.space_overrides_for(arch), optuna_storage=str(study_storage_file(local)),
-                      study_name=study_name(s.name, arch), fixed=tuple(sorted(s.overrides)))
+                      study_name=study_name(s.name, arch), fixed=s.fixed)
     record = {**dataclasses.asdict(plan), "space_overrides": s.space_overrides.get(arch, {})}
     (local / PLAN_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     resume = resume and tune.Tuner.can_restore(plan.experiment_dir)
@@ -282,6 +277,19 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
     return best
 
 
+def trial_precision(cfg: dict, gpus_per_trial: float, cpus_per_trial: float) -> str:
+    """How trials of ``cfg`` compute, in words (experiments.device), for the run's one line about it."""
+    import torch
+
+    from experiments.device import resolve_precision
+
+    if gpus_per_trial > 0 and not torch.cuda.is_available():  # the GPUs are on other nodes (or declared only)
+        return "the cluster's GPUs, bf16 where the card supports it"
+    device = torch.device("cuda" if gpus_per_trial > 0 else "cpu")
+    precision = resolve_precision(cfg["precision"], device, cfg["channels_last"], cfg["arch"], cfg["image_size"])
+    return precision.describe(device) + (f", {cpus_per_trial:g} thread(s) each" if gpus_per_trial == 0 else "")
+
+
 def load_data(s: RunSettings, searching: bool, resume: bool):
     """The faces and the split: the experiment's saved split when it has one, else a new one (not yet saved)."""
     from data_utils.dataset import Split, load_faces, make_split
@@ -315,10 +323,8 @@ def main(args: argparse.Namespace) -> int:
         if training:
             resources = connect_ray(s)
             gpus_per_trial, concurrency = plan_resources(s, resources, s.num_samples)
-    except SplitMismatchError as err:
-        return _refuse(str(err))
-    except (UsageError, NoUsableImagesError, TooFewImagesError, FileNotFoundError, NotADirectoryError,
-            PermissionError) as err:
+    except (UsageError, NoUsableImagesError, TooFewImagesError, SplitMismatchError, FileNotFoundError,
+            NotADirectoryError, PermissionError) as err:
         return _refuse(str(err))
     s.root.mkdir(parents=True, exist_ok=True)
     if new_split:
@@ -330,24 +336,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"data: {faces.report.usable} usable images in {s.data_dir} ({sum(faces.report.skipped.values())} skipped); "
           f"split {len(split.train)}/{len(split.val)}/{len(split.test)} at {s.image_size}px")
     if training:
-        from torch import device as torch_device
-        from torch.cuda import is_available as torch_cuda_available
-
-        from experiments.device import resolve_precision
-
         print(f"watch the trials: tensorboard --logdir {s.storage}/{s.name}", flush=True)
         for arch in s.archs:
-            cfg = s.base_config(arch)
-            if gpus_per_trial > 0 and not torch_cuda_available():  # the GPUs are on other nodes (or declared only)
-                print(f"{arch}: trials train on the cluster's GPUs, bf16 where the card supports it", flush=True)
-                continue
-            trial_device = torch_device("cuda" if gpus_per_trial > 0 else "cpu")
-            precision = resolve_precision(cfg["precision"], trial_device, cfg["channels_last"], arch,
-                                          cfg["image_size"])
-            print(f"{arch}: trials train in {precision.describe(trial_device)}"
-                  + (f", {s.cpus_per_trial:g} thread(s) each" if gpus_per_trial == 0 else ""), flush=True)
-        for arch in s.archs:
             data = prepare_trial_data(s, arch, faces, split)
+            print(f"{arch}: trials train in {trial_precision(data.base_config, gpus_per_trial, s.cpus_per_trial)}",
+                  flush=True)
             if searching:
                 run_search(s, arch, data, gpus_per_trial, concurrency, args.resume)
             if args.stage in ("all", "retrain"):

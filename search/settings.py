@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search.manifest import write_json
 from search.presets import PRESETS
 from search.spaces import dist_from_json, dist_to_json
 
@@ -66,7 +67,7 @@ class RunSettings:
     scheduler: str = "asha"
     seed: int = 0
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: 1 per trial where the cluster has GPUs, else 0
+    gpus_per_trial: float | None = None  # None: measured on the cluster's GPUs (search.packing), 0 without GPUs
     concurrency: int | None = None  # None: as many trials as the resources hold
     max_failures: int = 2
     address: str | None = None
@@ -96,6 +97,17 @@ class RunSettings:
     def space_overrides_for(self, arch: str) -> dict[str, Any]:
         return {k: dist_from_json(v) for k, v in self.space_overrides.get(arch, {}).items()}
 
+    @property
+    def fixed(self) -> tuple[str, ...]:
+        """Training fields ``--set`` fixed for every trial: left out of the search space."""
+        return tuple(sorted(self.overrides))
+
+    def space(self, arch: str) -> dict[str, Any]:
+        """The space ``arch``'s trials are drawn from."""
+        from search.tuning import arch_space
+
+        return arch_space(arch, self.space_overrides_for(arch), self.grace_period, self.fixed)
+
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["archs"] = list(self.archs)
@@ -104,6 +116,14 @@ class RunSettings:
 
 def settings_path(root: Path) -> Path:
     return root / SETTINGS_FILE
+
+
+# fields holding a path, made absolute: Ray Tune runs trials in other folders
+PATH_FIELDS = ("data_dir", "cache_dir", "weights")
+
+
+def _absolute(value: Any) -> str:
+    return str(Path(value).expanduser().resolve())
 
 
 def _flag(attr: str) -> str:
@@ -180,8 +200,8 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if key == "archs":
             value = tuple(ARCHS) if value == "both" else (value,)
-        elif key in ("data_dir", "cache_dir", "weights"):  # absolute: Ray Tune runs trials in other folders
-            value = str(Path(value).expanduser().resolve())
+        elif key in PATH_FIELDS:
+            value = _absolute(value)
         given[key] = value
     return given
 
@@ -203,9 +223,7 @@ def resolve(args: argparse.Namespace) -> RunSettings:
             raise UsageError(f"no experiment {name!r} at {root}; {fix}, or fix --name/--storage-path")
         saved = load_saved(root)["settings"]
         preset = saved["preset"]
-    values: dict[str, Any] = {"scheduler": "asha", "seed": 0, "cpus_per_trial": 1.0, "gpus_per_trial": None,
-                              "concurrency": None, "max_failures": 2, "address": None, "cache_dir": None,
-                              "weights": None, "overrides": {}, "archs": tuple(ARCHS), **preset_values(preset)}
+    values: dict[str, Any] = {**_field_defaults(), "archs": tuple(ARCHS), **preset_values(preset)}
     origin = {k: f"preset {preset}" for k in values}
     if saved is not None:
         values.update({k: v for k, v in saved.items() if k not in ("name", "storage", "local_root", "command")})
@@ -225,8 +243,8 @@ def resolve(args: argparse.Namespace) -> RunSettings:
         if key not in sets:
             continue
         value = sets.pop(key)
-        if key in ("data_dir", "cache_dir", "weights_path") and value is not None:
-            value = str(Path(value).expanduser().resolve())
+        if target in PATH_FIELDS and value is not None:
+            value = _absolute(value)
         if target in flags and flags[target] != value:
             raise UsageError(f"--set {key}={value} contradicts {_flag(_attr(target))} {flags[target]}; give one of them")
         flags[target] = value
@@ -259,11 +277,11 @@ def resolve(args: argparse.Namespace) -> RunSettings:
     if values.get("data_dir") is None:
         if not os.environ.get("UTKFACE_DIR"):
             raise UsageError("no data folder given: pass --data DIR or set UTKFACE_DIR to a folder of UTKFace crops")
-        values["data_dir"] = str(Path(os.environ["UTKFACE_DIR"]).expanduser().resolve())
+        values["data_dir"] = _absolute(os.environ["UTKFACE_DIR"])
         origin["data_dir"] = "UTKFACE_DIR"
     s = RunSettings(name=name, storage=storage, local_root=str(root), preset=preset,
                     command=shlex.join([sys.executable] + sys.argv),
-                    **{k: v for k, v in values.items() if k not in ("preset",)})
+                    **{k: v for k, v in values.items() if k not in ("preset", "command")})
     _validate(s, origin)
     if "://" not in storage:
         check_writable(root)
@@ -271,6 +289,17 @@ def resolve(args: argparse.Namespace) -> RunSettings:
 
 
 _MISSING = object()
+
+
+def _field_defaults() -> dict[str, Any]:
+    """RunSettings' own defaults (the values no preset, saved experiment or flag sets)."""
+    out = {}
+    for f in dataclasses.fields(RunSettings):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def _attr(key: str) -> str:
@@ -285,7 +314,6 @@ def _show(value: Any) -> str:
 
 def _validate(s: RunSettings, origin: dict[str, str]) -> None:
     from data_utils.cache import check_image_size
-    from experiments.config import TrainConfig
 
     def need(key: str, ok: bool, rule: str) -> None:
         if not ok:
@@ -316,7 +344,7 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
     need("max_failures", s.max_failures >= 0, "must be 0 or more")
     for arch in s.archs:
         try:
-            TrainConfig.from_dict(s.base_config(arch))
+            s.base_config(arch)  # builds the arch's TrainConfig, which checks every field
         except (KeyError, ValueError) as err:
             raise UsageError(f"--set: {err}") from None
 
@@ -324,7 +352,7 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
 def save_new(s: RunSettings) -> None:
     """Write the settings of a new experiment (before any trial starts)."""
     payload = {"settings": s.to_json(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "resumes": []}
-    settings_path(s.root).write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(settings_path(s.root), payload)
 
 
 def record_resume(s: RunSettings, stage: str) -> None:
@@ -335,6 +363,4 @@ def record_resume(s: RunSettings, stage: str) -> None:
     changed = {k: getattr(s, k) for k in MAY_CHANGE if getattr(s, k) != saved.get(k)}
     payload["resumes"].append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "stage": stage, "command": s.command,
                                "archs": list(s.archs), "changed": changed})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, payload)

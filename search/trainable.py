@@ -21,6 +21,7 @@ from experiments.config import TrainConfig
 from experiments.train import NonFiniteLossError, Trainer, fit_parts
 
 CHECKPOINT_FILE = "checkpoint.pt"
+PLACEMENT = ("node_id", "cpus", "gpu_share", "started_at")  # what limit_resources reports with every epoch
 DIVERGED_FILE = "diverged.json"
 
 
@@ -47,8 +48,7 @@ def limit_resources() -> dict[str, Any]:
     torch.set_num_threads(max(1, int(cpus)))
     if torch.cuda.is_available() and 0 < gpu_share < 1:
         torch.cuda.set_per_process_memory_fraction(gpu_share)
-    return {"node_id": ray.get_runtime_context().get_node_id(), "cpus": float(cpus), "gpu_share": float(gpu_share),
-            "started_at": time.time()}
+    return dict(zip(PLACEMENT, (ray.get_runtime_context().get_node_id(), float(cpus), float(gpu_share), time.time())))
 
 
 def restored_trainer(cfg: TrainConfig, data: TrialData, held_out: str = "val") -> tuple[Trainer, Faces]:

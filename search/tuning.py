@@ -67,18 +67,24 @@ def open_storage(path: str | Path) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{path}")
 
 
-def search_space(plan: SearchPlan) -> dict[str, Any]:
-    """The architecture's space with the preset's overrides, without the fields ``--set`` fixed, and the symbolic
-    bounds resolved."""
-    space = {**SPACES[plan.arch], **(plan.space_overrides or {})}
+def arch_space(arch: str, space_overrides: dict[str, Any] | None, grace_period: int,
+               fixed: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``arch``'s space with the preset's overrides, without the fields ``--set`` fixed, and the symbolic bounds
+    resolved."""
+    space = {**SPACES[arch], **(space_overrides or {})}
     resolved = {}
     for name, dist in space.items():
-        if name in plan.fixed:
+        if name in fixed:
             continue
         if isinstance(dist, Int) and dist.high == GRACE:
-            dist = Int(dist.low, max(dist.low, plan.grace_period - 1), dist.log)
+            dist = Int(dist.low, max(dist.low, grace_period - 1), dist.log)
         resolved[name] = dist
     return resolved
+
+
+def search_space(plan: SearchPlan) -> dict[str, Any]:
+    """The space a plan's searcher samples (``arch_space`` of its fields)."""
+    return arch_space(plan.arch, plan.space_overrides, plan.grace_period, plan.fixed)
 
 
 class DefineByRun:
