@@ -22,6 +22,22 @@ def objective(gender_acc: float, age_mae: float) -> float:
     return 0.5 * age_mae / REFERENCE_AGE_MAE + 0.5 * (1.0 - gender_acc) / REFERENCE_GENDER_ERROR
 
 
+# Trials are ranked by the mean validation objective of their last SELECTION_EPOCHS epochs, not by their best
+# epoch: the best of many noisy epochs on ~750 faces rewards luck, and the model a trial's configuration yields
+# when retrained is its last (annealed) epoch's (experiments/benchmarks/ablation.py, README "Recipe").
+SELECTION_EPOCHS = 3
+
+
+def selection_score(per_epoch: Any) -> float:
+    """A trial's ranking score from its per-epoch validation objectives, in epoch order (see SELECTION_EPOCHS)."""
+    import numpy as np
+
+    values = np.asarray(per_epoch, dtype=float)
+    if values.size == 0:
+        raise ValueError("a trial with no scored epoch has no selection score")
+    return float(values[-SELECTION_EPOCHS:].mean())
+
+
 # A face is called female when P(female) is at least this; training, retraining, the report and predict all
 # classify through ``predicted_female``.
 GENDER_THRESHOLD = 0.5

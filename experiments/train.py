@@ -31,6 +31,7 @@ from data_utils.dataset import Faces, NoUsableImagesError, Split, load_faces, ma
 from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
 from experiments.objective import METRIC, gender_accuracy, objective, predicted_female  # noqa: E402
 from experiments.device import Precision, resolve_device, resolve_precision  # noqa: E402,F401  (resolve_device: re-exported)
+from experiments.ema import WeightEMA  # noqa: E402
 from models import AgeGenderNet, build_model, count_parameters  # noqa: E402
 
 
@@ -71,11 +72,21 @@ def to_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def loss_terms(age_pred, gender_logit, age, gender, age_weight: float):
-    """BCE on the gender logit plus ``age_weight`` × L1 on age in years; returns (total, bce, l1)."""
+# the label distribution of the distribution age head: a Gaussian of this spread (years) around the true age
+DLDL_SIGMA = 2.0
+
+
+def loss_terms(age_pred, gender_logit, age, gender, age_weight: float, age_logits=None):
+    """BCE on the gender logit plus ``age_weight`` × L1 on age in years, plus for the distribution head the KL
+    divergence from a Gaussian label distribution (DLDL-v2) to the predicted one; returns (total, bce, l1)."""
     bce = F.binary_cross_entropy_with_logits(gender_logit.float(), gender)
     l1 = F.l1_loss(age_pred.float(), age)
-    return bce + age_weight * l1, bce, l1
+    total = bce + age_weight * l1
+    if age_logits is not None:
+        bins = torch.arange(age_logits.shape[1], device=age_logits.device, dtype=torch.float32)
+        target = torch.softmax(-0.5 * ((bins - age[:, None]) / DLDL_SIGMA) ** 2, dim=1)
+        total = total + F.kl_div(F.log_softmax(age_logits.float(), dim=1), target, reduction="batchmean")
+    return total, bce, l1
 
 
 @torch.no_grad()
@@ -167,6 +178,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.augment = AugmentStrength(cfg.aug_flip, cfg.aug_rotate, cfg.aug_shift, cfg.aug_scale, cfg.aug_brightness)
         self.optimizer = make_optimizer(self.model, cfg)
+        self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         n = len(self.train_data)
         # the last partial batch is dropped: BatchNorm cannot train on a batch of one
         self.steps_per_epoch = max(1, n // cfg.batch_size)
@@ -196,6 +208,11 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     @property
+    def scored_model(self) -> AgeGenderNet:
+        """The model that is scored and saved: the weights' moving average when ``ema_decay`` > 0."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
     def backbone_frozen_now(self) -> bool:
         return self.cfg.arch == "pretrained" and self.epoch < self.cfg.unfreeze_epoch
 
@@ -211,13 +228,16 @@ class Trainer:
             if self.precision.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.precision.autocast():
-                age_pred, logit = self.model(x)
-            loss, bce, l1 = loss_terms(age_pred, logit, data.ages[idx], data.genders[idx], cfg.age_loss_weight)
+                age_pred, logit, age_logits = self.model.outputs(x)
+            loss, bce, l1 = loss_terms(age_pred, logit, data.ages[idx], data.genders[idx], cfg.age_loss_weight,
+                                       age_logits)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
                 self.scheduler.step()
             correct = (predicted_female(torch.sigmoid(logit.detach().float())).float() == data.genders[idx]).float().mean()
@@ -237,7 +257,7 @@ class Trainer:
             if self.cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-            val = score(self.model, self.held_out_data, self.cfg.age_loss_weight, self.precision)
+            val = score(self.scored_model, self.held_out_data, self.cfg.age_loss_weight, self.precision)
             if not all(math.isfinite(v) for v in val.values()):
                 raise NonFiniteLossError(f"{self.held_out} metrics became non-finite in epoch {self.epoch + 1} ({val}); "
                                          "the configuration diverged")
@@ -254,14 +274,18 @@ class Trainer:
             })
             if self.best is None or metrics[METRIC] < self.best[METRIC]:
                 self.best = metrics
-                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.best_state = {k: v.detach().clone() for k, v in self.scored_model.state_dict().items()}
             self.history.append(metrics)
             yield metrics
 
     def checkpoint(self, include_best: bool = False) -> dict:
-        """A plain dict (tensors, numbers, strings) that ``torch.load(..., weights_only=True)`` reads back."""
+        """A plain dict (tensors, numbers, strings) that ``torch.load(..., weights_only=True)`` reads back.
+
+        ``model`` holds the weights to score and export (the moving average with ``ema_decay``); the weights
+        being trained are then kept apart in ``train_model``, so a resumed run goes on exactly.
+        """
         ckpt = {
-            "model": self.model.state_dict(),
+            "model": self.scored_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
@@ -273,12 +297,17 @@ class Trainer:
             # batches are drawn and augmented on the training device, so its generator is saved too
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
         }
+        if self.ema is not None:
+            ckpt["train_model"] = self.model.state_dict()
+            ckpt["ema_updates"] = self.ema.updates
         if include_best and self.best_state is not None:
             ckpt["best_model"] = self.best_state
         return ckpt
 
     def load_checkpoint(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+        if self.ema is not None:
+            self.ema.load_state_dict({"module": ckpt["model"], "updates": ckpt.get("ema_updates", 0)})
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+from models.ensemble import Ensemble
 from models.heads import AgeGenderNet
 from models.pretrained import build_pretrained
 from models.scratch import build_scratch
@@ -19,6 +20,8 @@ class ModelSpec(Protocol):
     dropout: float
     backbone: str
     weights_path: str | None
+    age_head: str
+    tta_flip: bool
 
 
 ARCHS: dict[str, Callable[..., AgeGenderNet]] = {
@@ -42,4 +45,4 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHS", "AgeGenderNet", "ModelSpec", "build_model", "count_parameters"]
+__all__ = ["ARCHS", "AgeGenderNet", "Ensemble", "ModelSpec", "build_model", "count_parameters"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -9,6 +10,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Age is predicted around the UTKFace mean and spread, so the ReLU head starts in its active range and
 # the last layer learns offsets of order one instead of climbing from zero to ~33 years.
 AGE_MEAN, AGE_STD = 33.0, 20.0
+
+
+def mean_probability_logit(logits: torch.Tensor) -> torch.Tensor:
+    """The logit of the mean sigmoid probability over dim 0: log(mean p) − log(mean(1 − p)), computed in log space
+    so that confident logits do not saturate. Flip test-time augmentation and ensembles average P(female) with it."""
+    logits = logits.float()
+    return torch.logsumexp(-F.softplus(-logits), 0) - torch.logsumexp(-F.softplus(logits), 0)
 
 
 class Normalize(nn.Module):
@@ -23,37 +31,74 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+AGE_HEADS = ("regression", "distribution")
+# distribution head: one bin per year of age, 0..MAX_AGE (UTKFace's oldest face is 116)
+MAX_AGE = 116
+
+
 class AgeGenderHeads(nn.Module):
-    """Gender logit (sigmoid gives P(female)) and a ReLU age in years, both shape (B,)."""
+    """Gender logit (sigmoid gives P(female)) and age in years, both shape (B,), plus the age bins' logits
+    (B × (MAX_AGE + 1)) for the distribution head, None for the regression head.
 
-    def __init__(self, width: int):
+    ``regression``: a ReLU unit around the UTKFace mean and spread. ``distribution`` (DLDL-v2): a softmax over
+    one-year bins whose expectation is the age; it is trained towards a Gaussian label distribution.
+    """
+
+    def __init__(self, width: int, age_head: str = "regression"):
         super().__init__()
+        if age_head not in AGE_HEADS:
+            raise ValueError(f"unknown age_head {age_head!r}; valid: {', '.join(AGE_HEADS)}")
+        self.age_head = age_head
         self.gender = nn.Linear(width, 1)
-        self.age = nn.Linear(width, 1)
+        if age_head == "regression":
+            self.age = nn.Linear(width, 1)
+        else:
+            self.age = nn.Linear(width, MAX_AGE + 1)
+            self.register_buffer("bins", torch.arange(MAX_AGE + 1, dtype=torch.float32), persistent=False)
+            # start from the UTKFace age prior rather than a uniform 0-116, so the first expectation is ~33
+            with torch.no_grad():
+                self.age.bias.copy_(-0.5 * ((self.bins - AGE_MEAN) / AGE_STD) ** 2)
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        age = torch.relu(AGE_MEAN + AGE_STD * self.age(h).squeeze(1))
-        return age, self.gender(h).squeeze(1)
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        gender = self.gender(h).squeeze(1)
+        if self.age_head == "regression":
+            return torch.relu(AGE_MEAN + AGE_STD * self.age(h).squeeze(1)), gender, None
+        logits = self.age(h).float()
+        return torch.softmax(logits, dim=1) @ self.bins, gender, logits
 
 
 class AgeGenderNet(nn.Module):
     """Normalise → ``backbone`` → ``neck`` → ``heads``. Freezing acts on the submodule named ``backbone``.
+
+    ``forward`` returns (age in years, gender logit) — the interface of training, export and predict.
+    With ``tta_flip``, an eval-mode forward averages the image and its mirror (age, and P(female) through its
+    logit), so validation, test scores, exported graphs and predictions all see the same test-time augmentation.
 
     While the backbone is frozen its parameters get no gradient and its BatchNorm layers stay in eval
     mode, using their stored running statistics, even when the model is in training mode: the frozen
     features must not drift with small-batch statistics.
     """
 
-    def __init__(self, backbone: nn.Module, neck: nn.Module, width: int):
+    def __init__(self, backbone: nn.Module, neck: nn.Module, width: int, age_head: str = "regression",
+                 tta_flip: bool = False):
         super().__init__()
         self.normalize = Normalize()
         self.backbone = backbone
         self.neck = neck
-        self.heads = AgeGenderHeads(width)
+        self.heads = AgeGenderHeads(width, age_head)
+        self.tta_flip = tta_flip
         self.backbone_frozen = False
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(age, gender logit, age-bin logits or None) of one view, for the training loss."""
         return self.heads(self.neck(self.backbone(self.normalize(x))))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.tta_flip and not self.training:
+            both = self.outputs(torch.cat([x, x.flip(3)]))
+            return both[0].view(2, -1).mean(0), mean_probability_logit(both[1].view(2, -1))
+        age, logit, _ = self.outputs(x)
+        return age, logit
 
     def freeze_backbone(self, frozen: bool = True) -> None:
         self.backbone_frozen = frozen

@@ -51,4 +51,5 @@ def build_pretrained(config, load_weights: bool = True, state: dict[str, torch.T
     if state is None and load_weights:
         state = imagenet_state(config)
     backbone, channels = BACKBONES[config.backbone](state)
-    return AgeGenderNet(backbone, AdditiveNeck(channels, config.dense_units, config.dropout), config.dense_units)
+    return AgeGenderNet(backbone, AdditiveNeck(channels, config.dense_units, config.dropout), config.dense_units,
+                        config.age_head, config.tta_flip)

@@ -40,4 +40,4 @@ def build_scratch(config) -> AgeGenderNet:
         nn.ReLU(inplace=True),
         nn.Dropout(config.dropout),
     )
-    return AgeGenderNet(nn.Sequential(*layers), neck, config.dense_units)
+    return AgeGenderNet(nn.Sequential(*layers), neck, config.dense_units, config.age_head, config.tta_flip)

@@ -26,6 +26,7 @@ from data_utils.cache import decode_file  # noqa: E402
 from data_utils.dataset import resolve_data_dir  # noqa: E402
 from data_utils.scan import ScanReport, list_files  # noqa: E402
 from experiments.train import load_model  # noqa: E402
+from models import Ensemble  # noqa: E402
 from models.heads import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from search import manifest  # noqa: E402
 
@@ -52,6 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, choices=("scratch", "pretrained"),
                    help="which architecture's marked model (default: the one with the better test objective)")
     p.add_argument("--format", default="onnx,torchscript", help=f"comma-separated, from: {', '.join(FORMATS)}")
+    p.add_argument("--single", action="store_true",
+                   help="export the marked single model, not the ensemble of the top configuration's retrained seeds")
     p.add_argument("--out", default=None, help="export folder (default: <experiment>/export/<arch>)")
     p.add_argument("--data", default=None, help="face crops for the ONNX check (default: the experiment's data folder)")
     return p
@@ -79,7 +82,7 @@ def marked_model(experiment: Path, arch: str | None) -> tuple[str, dict]:
 
 
 def load_checkpoint(experiment: Path, arch: str, entry: dict) -> dict:
-    """The marked model's checkpoint, found through the manifest."""
+    """A retrained model's checkpoint (the marked model, or an ensemble member), found through the manifest."""
     path = manifest.locate(experiment, entry["checkpoint"])
     if path is None or not path.is_file():
         raise ExportError(f"checkpoint {path or entry['checkpoint']} of the marked {arch} model, listed in "
@@ -129,7 +132,12 @@ def main(args: argparse.Namespace) -> int:
         if not experiment.is_dir():
             raise ExportError(f"experiment folder {experiment} does not exist")
         arch, entry = marked_model(experiment, args.arch)
-        model, cfg = load_model(load_checkpoint(experiment, arch, entry), "cpu")
+        ensemble = None if args.single else manifest.require(experiment, arch, "retrain").get("ensemble")
+        if ensemble:
+            members = [load_model(load_checkpoint(experiment, arch, m), "cpu") for m in ensemble["members"]]
+            model, cfg = Ensemble([m for m, _ in members]).eval(), members[0][1]
+        else:
+            model, cfg = load_model(load_checkpoint(experiment, arch, entry), "cpu")
         data_dir = resolve_data_dir(args.data or cfg.data_dir)
         split_file = experiment / "split.json"
         run = next((r for r in manifest.require(experiment, arch, "retrain")["runs"]
@@ -143,7 +151,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out or experiment / "export" / arch).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "model.pt")
+    # an ensemble's weights are its members' state dicts, each loadable into the config's model (search/predict.py)
+    torch.save({"members": [m.state_dict() for m in model.members]} if ensemble else model.state_dict(), out / "model.pt")
     cfg.save(out / "config.json")
     (out / "preprocessing.json").write_text(json.dumps({
         "image_size": cfg.image_size, "input": "RGB, float32, N×3×S×S, values in [0, 1]",
@@ -151,9 +160,13 @@ def main(args: argparse.Namespace) -> int:
         "normalization": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "applied": "inside the model"},
         "outputs": {"age": "years", "p_female": "probability that the face is female (UTKFace gender 1)"},
     }, indent=2) + "\n")
-    metrics = {k: entry[k] for k in ("test_gender_acc", "test_age_mae", "objective")}
-    metrics.update(arch=arch, trial_id=entry["trial_id"], seed=entry["seed"], selection=entry["selection"],
-                   split=str(split_file))
+    if ensemble:
+        metrics = {k: ensemble[k] for k in ("test_gender_acc", "test_age_mae", "objective")}
+        metrics.update(arch=arch, members=ensemble["members"], selection=ensemble["selection"], split=str(split_file))
+    else:
+        metrics = {k: entry[k] for k in ("test_gender_acc", "test_age_mae", "objective")}
+        metrics.update(arch=arch, trial_id=entry["trial_id"], seed=entry["seed"], selection=entry["selection"],
+                       split=str(split_file))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     module = Exported(model).eval()

@@ -27,7 +27,7 @@ from data_utils.cache import decode_file, decode_workers  # noqa: E402
 from data_utils.scan import ScanReport, list_files, scan_folder  # noqa: E402
 from experiments.config import TrainConfig  # noqa: E402
 from experiments.objective import gender_accuracy, predicted_female  # noqa: E402
-from models import build_model  # noqa: E402
+from models import Ensemble, build_model  # noqa: E402
 
 EXPORT_FILES = ("config.json", "model.pt", "preprocessing.json")
 
@@ -60,10 +60,16 @@ def load_export(folder: str | os.PathLike) -> tuple[torch.nn.Module, TrainConfig
     except (json.JSONDecodeError, KeyError, ValueError) as err:
         raise ExportFolderError(f"{root / 'config.json'} is not a valid model config ({err}); export the model again "
                                 "with `python search/export.py --experiment DIR`") from None
-    model = build_model(cfg, load_weights=False)
     try:
         state = torch.load(root / "model.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        if "members" in state:  # an ensemble (search/export.py): one state dict per member
+            members = [build_model(cfg, load_weights=False) for _ in state["members"]]
+            for member, member_state in zip(members, state["members"]):
+                member.load_state_dict(member_state)
+            model = Ensemble(members)
+        else:
+            model = build_model(cfg, load_weights=False)
+            model.load_state_dict(state)
     except Exception as err:  # truncated or corrupt: RuntimeError, EOFError or an unpickling error
         raise ExportFolderError(f"{root / 'model.pt'} cannot be read (truncated or corrupt: {type(err).__name__}); "
                                 "export the model again with `python search/export.py --experiment DIR`") from None

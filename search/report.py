@@ -31,7 +31,9 @@ from experiments.config import TrainConfig, load_config_file  # noqa: E402
 from experiments.objective import METRIC, REFERENCE_AGE_MAE, REFERENCE_GENDER_ERROR, predicted_female  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
 from search import manifest  # noqa: E402
-from search.results import STATUS_COMPLETED, STATUS_STOPPED, read_trials  # noqa: E402
+from search.budget import BUDGET_FILE, Ledger, format_duration  # noqa: E402
+from search.settings import SETTINGS_FILE  # noqa: E402
+from search.results import SCORE_COLUMN, STATUS_COMPLETED, STATUS_STOPPED, read_trials  # noqa: E402
 from search.spaces import SPACES  # noqa: E402
 from search.tuning import open_storage  # noqa: E402
 
@@ -129,6 +131,7 @@ class ArchResults:
     summary: pd.DataFrame  # retrain_summary.csv (may be empty)
     runs: pd.DataFrame  # retrain_runs.csv (may be empty)
     best_model: dict[str, Any] | None
+    ensemble: dict[str, Any] | None  # the retrained seeds of the top configuration, averaged
     retrain_histories: dict[str, pd.DataFrame]
     predictions: dict[str, pd.DataFrame]
     missing: list[str]  # files the manifest lists that are not there
@@ -136,9 +139,9 @@ class ArchResults:
     @property
     def scored(self) -> pd.DataFrame:
         """The trials that reported at least one epoch (none when every trial failed at once)."""
-        if f"best_{METRIC}" not in self.trials:
+        if SCORE_COLUMN not in self.trials:
             return self.trials.iloc[0:0]
-        return self.trials.dropna(subset=[f"best_{METRIC}"])
+        return self.trials.dropna(subset=[SCORE_COLUMN])
 
 
 def _read_csv(path: Path | None) -> pd.DataFrame:
@@ -196,7 +199,7 @@ def load_arch(root: Path, arch: str) -> ArchResults | None:
     return ArchResults(arch, read_trials(trials_csv), _histories(root, search["trials"], missing), plan, study,
                        _read_csv(manifest.locate(root, retrain.get("summary"))),
                        _read_csv(manifest.locate(root, retrain.get("runs_csv"))), retrain.get("best_model"),
-                       _histories(root, runs, missing), predictions, missing)
+                       retrain.get("ensemble"), _histories(root, runs, missing), predictions, missing)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,6 +238,12 @@ def headline(doc: Doc, results: dict[str, ArchResults]) -> None:
                 "s / epoch (retrain)": f"{top['epoch_seconds_mean']:.1f}",
             })
         rows.append(row)
+        if r.ensemble:
+            e = r.ensemble
+            rows.append({**dict.fromkeys(columns, "—"), "model": f"{LABELS[arch]}: ensemble of its {len(e['members'])} seeds",
+                         "test gender acc (%)": f"{e['test_gender_acc'] * 100:.1f}",
+                         "test age MAE": f"{e['test_age_mae']:.2f}", "seeds × test images": f"1 × {e['n_test']}",
+                         "parameters": f"{len(e['members'])} × {row['parameters']}"})
     for arch in results:
         acc, mae, _ = STUDY[arch]
         row = dict.fromkeys(columns, "—")
@@ -350,7 +359,7 @@ def all_trials(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
         t = r.scored
         if t.empty:
             continue
-        acc, mae = t["best_val_gender_acc"].to_numpy(), t["best_val_age_mae"].to_numpy()
+        acc, mae = t["score_val_gender_acc"].to_numpy(), t["score_val_age_mae"].to_numpy()
         ax.scatter(mae, acc, color=f"C{i}", alpha=0.7, label=arch)
         front = pareto_front(acc, mae)
         if len(front):
@@ -358,7 +367,7 @@ def all_trials(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
             ax.scatter(mae[front], acc[front], facecolors="none", edgecolors="black", s=90)
     ax.set_xlabel("validation age MAE (years)")
     ax.set_ylabel("validation gender accuracy")
-    ax.set_title("every trial's best epoch; circled: Pareto front")
+    ax.set_title("every trial (mean of its last epochs); circled: Pareto front")
     ax.legend()
     doc.image(_save(fig, out / "pareto.png"), "gender accuracy against age MAE with the Pareto front")
     for arch, r in results.items():
@@ -422,14 +431,14 @@ def log_ticks(low: float, high: float, max_ticks: int = 4) -> list[float]:
 
 
 def objective_vs_params(t: pd.DataFrame, params: list[str], path: Path) -> Path:
-    """One panel per searched parameter: each trial's best objective against the parameter's value."""
+    """One panel per searched parameter: each trial's ranking score against the parameter's value."""
     cols = 4
     rows = (len(params) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(14, 3 * rows), squeeze=False)
     for ax, param in zip(axes.flat, params):
         for status, marker in ((STATUS_COMPLETED, "o"), (STATUS_STOPPED, "x")):
             part = t[t["status"] == status]
-            ax.scatter(part[param], part[f"best_{METRIC}"], marker=marker, alpha=0.7, label=status)
+            ax.scatter(part[param], part[SCORE_COLUMN], marker=marker, alpha=0.7, label=status)
         name = param.split("/", 1)[1]
         ax.set_title(name)
         values = pd.to_numeric(t[param], errors="coerce").dropna()
@@ -500,7 +509,7 @@ def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[st
     gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none visible"
     rows = [("python", sys.version.split()[0]), ("platform", platform.platform()), ("processor", platform.machine()),
             ("GPUs (report machine)", gpu), ("torch", torch.__version__), ("ray", ray.__version__),
-            ("optuna", optuna.__version__), ("search seed (TPE and trials)", settings.get("args", {}).get("seed")),
+            ("optuna", optuna.__version__), ("search seed (TPE and trials)", settings.get("seed")),
             ("retraining seeds", ", ".join(str(s) for s in range(int(settings.get("retrain_seeds", 1))))),
             ("split", "70/15/15 stratified by gender × age band, seed 0 (split.json)"),
             ("data", settings.get("data_dir")), ("image size", settings.get("image_size")),
@@ -511,6 +520,11 @@ def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[st
                          f"ASHA grace {r.plan.get('grace_period')}, reduction {r.plan.get('reduction_factor')}, "
                          f"{r.plan.get('concurrency')} concurrent, {r.plan.get('cpus_per_trial')} CPU + "
                          f"{r.plan.get('gpus_per_trial')} GPU per trial"))
+    ledger = Ledger(root) if (root / BUDGET_FILE).is_file() else None
+    if ledger is not None and ledger.budget_s:
+        spent = ", ".join(f"{stage} {format_duration(sec)}" for stage, sec in ledger.spent.items())
+        rows.append(("time budget", f"{format_duration(ledger.budget_s)}: {spent or 'nothing spent yet'}; "
+                     f"{format_duration(ledger.total_spent())} in the stages, the rest in start-up and this report"))
     doc.table(pd.DataFrame(rows, columns=["item", "value"]))
     doc.para("The command that ran the search:")
     doc.code(settings.get("command", "(unknown)"))
@@ -524,7 +538,8 @@ def write_report(root: Path, faces: Faces, split: Split) -> Path:
     root = Path(root)
     out = root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    settings = json.loads((root / "search_settings.json").read_text()) if (root / "search_settings.json").is_file() else {}
+    settings_file = root / SETTINGS_FILE
+    settings = json.loads(settings_file.read_text())["settings"] if settings_file.is_file() else {}
     results = {a: r for a in ARCHS if (r := load_arch(root, a)) is not None}
     if not results:
         raise manifest.ManifestError(f"{root} holds no finished search ({manifest.MANIFEST_FILE} lists none); run the "

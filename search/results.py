@@ -8,12 +8,13 @@ from typing import Any
 import pandas as pd
 
 from experiments.config import TrainConfig
-from experiments.objective import METRIC, MODE
+from experiments.objective import METRIC, MODE, SELECTION_EPOCHS, selection_score
 from search.trainable import CHECKPOINT_FILE, PLACEMENT
 
 STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED = "completed", "stopped_early", "failed"
 TRIALS_FILE, BEST_CONFIG_FILE, PLAN_FILE = "trials.csv", "best_config.json", "search_plan.json"
-LOCAL_COLUMNS = ("trial_path", "best_checkpoint")  # where a trial's files are: the manifest's, not trials.csv's
+LOCAL_COLUMNS = ("trial_path", "best_checkpoint")
+SCORE_COLUMN = f"score_{METRIC}"  # what trials are ranked by: experiments.objective.selection_score  # where a trial's files are: the manifest's, not trials.csv's
 
 
 def read_trials(path: Path) -> pd.DataFrame:
@@ -47,6 +48,8 @@ def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int) -> pd.
         epochs = int(last.get("training_iteration", 0) or 0)
         if result.error is not None:
             status, reason = STATUS_FAILED, error_reason(result.error)
+        elif epochs == 0:  # created when the search's time budget ran out, never started
+            status, reason = STATUS_STOPPED, "never started: the search's time budget was spent"
         elif epochs < max_epochs:
             status, reason = STATUS_STOPPED, f"stopped by the scheduler after epoch {epochs}"
         else:
@@ -57,7 +60,9 @@ def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int) -> pd.
         row.update({k: last.get(k) for k in PLACEMENT})
         if history is not None and "node_id" in history:
             row["nodes"] = len(set(history["node_id"].dropna()))
-        row.update({f"config/{k}": v for k, v in sorted(result.config.items())})
+        if history is not None and "time_this_iter_s" in history:  # an epoch with its validation and checkpoint
+            row["iter_seconds"] = float(history["time_this_iter_s"].mean())
+        row.update({f"config/{k}": v for k, v in sorted((result.config or {}).items())})
         scored = history.dropna(subset=[METRIC]) if history is not None and METRIC in history else None
         if scored is not None and len(scored):
             best = scored.loc[scored[METRIC].idxmin()]
@@ -65,31 +70,37 @@ def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int) -> pd.
                         "best_val_gender_acc": best["val_gender_acc"], "best_val_age_mae": best["val_age_mae"]})
             row.update({f"last_{METRIC}": last.get(METRIC), "last_val_gender_acc": last.get("val_gender_acc"),
                         "last_val_age_mae": last.get("val_age_mae")})
+            tail = scored.sort_values("training_iteration").tail(SELECTION_EPOCHS)
+            row.update({SCORE_COLUMN: selection_score(tail[METRIC]), "score_val_gender_acc": tail["val_gender_acc"].mean(),
+                        "score_val_age_mae": tail["val_age_mae"].mean()})
         row["trial_path"] = result.path
-        best_checkpoint = result.get_best_checkpoint(METRIC, MODE) if scored is not None and len(scored) else None
+        try:
+            best_checkpoint = result.get_best_checkpoint(METRIC, MODE) if scored is not None and len(scored) else None
+        except RuntimeError:  # stopped (by the time budget) before its first checkpoint was written
+            best_checkpoint = None
         row["best_checkpoint"] = (f"{best_checkpoint.path}/{CHECKPOINT_FILE}" if best_checkpoint is not None else None)
         rows.append(row)
     frame = pd.DataFrame(rows)
-    if f"best_{METRIC}" in frame:
-        frame = frame.sort_values(f"best_{METRIC}", na_position="last").reset_index(drop=True)
+    if SCORE_COLUMN in frame:
+        frame = frame.sort_values(SCORE_COLUMN, na_position="last").reset_index(drop=True)
     return frame
 
 
 def best_configs(trials: pd.DataFrame, base_config: dict[str, Any], k: int = 1) -> list[dict[str, Any]]:
-    """The ``k`` best trials' full configs. Trials that ran the whole budget rank first, so an early-stopped
-    trial's short-budget score is never compared as if it were final."""
-    if f"best_{METRIC}" not in trials:
+    """The ``k`` best trials' full configs, by ``SCORE_COLUMN``. Trials that ran the whole budget rank first, so an
+    early-stopped trial's short-budget score is never compared as if it were final."""
+    if SCORE_COLUMN not in trials:
         return []
-    ranked = trials[trials["status"] != STATUS_FAILED].copy()
+    ranked = trials[(trials["status"] != STATUS_FAILED) & trials[SCORE_COLUMN].notna()].copy()
     ranked["_full"] = (ranked["status"] == STATUS_COMPLETED).astype(int)
-    ranked = ranked.sort_values(["_full", f"best_{METRIC}"], ascending=[False, True]).head(k)
+    ranked = ranked.sort_values(["_full", SCORE_COLUMN], ascending=[False, True]).head(k)
     out = []
     for _, row in ranked.iterrows():
         searched = {c.split("/", 1)[1]: _plain(row[c]) for c in trials.columns if c.startswith("config/")}
         config = TrainConfig.from_dict({**base_config, **searched}).to_dict()
         out.append({"trial_id": row["trial_id"], "status": row["status"], "epochs": int(row["epochs"]),
-                    "best_epoch": int(row["best_epoch"]), METRIC: float(row[f"best_{METRIC}"]),
-                    "val_gender_acc": float(row["best_val_gender_acc"]), "val_age_mae": float(row["best_val_age_mae"]),
+                    "best_epoch": int(row["best_epoch"]), METRIC: float(row[SCORE_COLUMN]),
+                    "val_gender_acc": float(row["score_val_gender_acc"]), "val_age_mae": float(row["score_val_age_mae"]),
                     "searched": searched, "config": config})
     return out
 
@@ -112,10 +123,10 @@ def summary_table(trials: pd.DataFrame, arch: str, top: int = 10) -> str:
     """A fixed-width table of the best trials, for the console."""
     counts = trials["status"].value_counts().to_dict()
     head = (f"{arch}: {len(trials)} trials — " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    if f"best_{METRIC}" not in trials:
+    if SCORE_COLUMN not in trials:
         return head
     searched = [c for c in trials.columns if c.startswith("config/")]
-    cols = ["trial_id", "status", "epochs", f"best_{METRIC}", "best_val_gender_acc", "best_val_age_mae"] + searched
+    cols = ["trial_id", "status", "epochs", SCORE_COLUMN, "score_val_gender_acc", "score_val_age_mae"] + searched
     view = trials[cols].head(top).copy()
     view.columns = [c.replace("config/", "") for c in cols]
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:.4g}".format):

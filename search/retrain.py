@@ -25,8 +25,8 @@ from experiments.train import load_model, predict
 from search.results import STATUS_COMPLETED, STATUS_FAILED, error_reason
 from search.trainable import CHECKPOINT_FILE, TrialData, limit_resources, report_epoch, restored_trainer
 
-RUNS_FILE, SUMMARY_FILE, BEST_MODEL_FILE, PREDICTIONS_DIR = (
-    "retrain_runs.csv", "retrain_summary.csv", "best_model.json", "test_predictions")
+RUNS_FILE, SUMMARY_FILE, BEST_MODEL_FILE, PREDICTIONS_DIR, ENSEMBLE_PREDICTIONS = (
+    "retrain_runs.csv", "retrain_summary.csv", "best_model.json", "test_predictions", "ensemble.csv")
 
 
 @dataclass
@@ -145,8 +145,24 @@ def mark_best(runs: pd.DataFrame) -> pd.Series | None:
     return top.loc[top["final_train_loss"].idxmin()]
 
 
+def ensemble_predictions(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(members, test predictions) of the ensemble: every completed seed of the best-ranked configuration, their
+    ages and P(female) averaged per face (``models.Ensemble`` computes the same in one graph). None below 2 seeds."""
+    done = runs[runs["status"] == STATUS_COMPLETED] if len(runs) else runs
+    if done.empty:
+        return None
+    members = done[done["rank"] == done["rank"].min()].sort_values("seed")
+    if len(members) < 2:
+        return None
+    frames = [predictions[t] for t in members["trial_id"]]
+    mean = frames[0][["name", "age", "gender"]].copy()
+    mean["pred_age"] = np.mean([f["pred_age"].to_numpy() for f in frames], axis=0)
+    mean["p_female"] = np.mean([f["p_female"].to_numpy() for f in frames], axis=0)
+    return members, mean
+
+
 def make_retrain_tuner(experiment_dir: str, data: RetrainData, seeds: list[int], cpus: float, gpus: float,
-                       concurrency: int, max_failures: int, resume: bool) -> tune.Tuner:
+                       concurrency: int, max_failures: int, resume: bool, stop=None) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(retrain_trial, data=data), {"cpu": cpus, "gpu": gpus})
     if resume and tune.Tuner.can_restore(experiment_dir):
         return tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -155,7 +171,7 @@ def make_retrain_tuner(experiment_dir: str, data: RetrainData, seeds: list[int],
         trainable,
         param_space={"rank": tune.grid_search(list(range(len(data.configs)))), "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, stop=stop,
                                   # the latest checkpoint is kept: the final model (final_predictions checks it)
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
@@ -191,6 +207,19 @@ def write_retrain_outputs(root: Path, arch: str, experiment_dir: str, configs: l
                  METRIC: float(best[METRIC]),
                  "selection": "search rank 1 (validation); seed with lowest final train loss"}
         (folder / BEST_MODEL_FILE).write_text(json.dumps(entry, indent=2) + "\n")
+    ensemble = None
+    averaged = ensemble_predictions(runs, predictions) if predictions else None
+    if averaged is not None:
+        members, frame = averaged
+        frame.to_csv(pred_dir / ENSEMBLE_PREDICTIONS, index=False)
+        acc = gender_accuracy(frame["p_female"], frame["gender"])
+        mae = float((frame["pred_age"] - frame["age"]).abs().mean())
+        ensemble = {"rank": int(members["rank"].iloc[0]), "config": configs[int(members["rank"].iloc[0])],
+                    "members": [{"seed": int(m["seed"]), "trial_id": m["trial_id"],
+                                 "checkpoint": manifest.relative(root, m["checkpoint"])} for _, m in members.iterrows()],
+                    "test_gender_acc": acc, "test_age_mae": mae, METRIC: objective(acc, mae), "n_test": len(frame),
+                    "predictions": manifest.relative(root, pred_dir / ENSEMBLE_PREDICTIONS),
+                    "selection": f"every seed of search rank {int(members['rank'].iloc[0]) + 1}, predictions averaged"}
     run_entries = []
     for _, run in runs.iterrows():
         trial_id = run.get("trial_id") if isinstance(run.get("trial_id"), str) else None
@@ -204,5 +233,5 @@ def write_retrain_outputs(root: Path, arch: str, experiment_dir: str, configs: l
     manifest.record(root, arch, "retrain", {
         "experiment": manifest.relative(root, experiment_dir), "runs": run_entries,
         "runs_csv": manifest.relative(root, folder / RUNS_FILE), "summary": manifest.relative(root, folder / SUMMARY_FILE),
-        "best_model": entry})
+        "best_model": entry, "ensemble": ensemble})
     return entry

@@ -70,6 +70,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                             ("--image-size", "image_size", "training image size in pixels, 16-512"),
                             ("--max-images", "max_images", "use a seeded subset of this many images; 0 = all")):
         p.add_argument(flag, type=int, default=None, help=f"{text} ({_by_preset(key)})")
+    p.add_argument("--budget", default=None,
+                   help="time for the whole run, e.g. 90s, 10m, 2h: each architecture's search stops when its share "
+                        "is spent and the retraining is planned to fit; none: bounded by trials and epochs only "
+                        f"({_by_preset('budget_s')} seconds)")
     p.add_argument("--scheduler", default=None, choices=SCHEDULERS,
                    help="fifo runs every trial to the end (default: asha)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs each trial reserves (default: 1)")
@@ -172,7 +176,7 @@ def plan_resources(s: RunSettings, resources: dict[str, float], trials: int) -> 
     if gpt is None:
         gpt = measured_gpu_share(s) if gpus >= 1 else 0.0
         if gpus == 0:
-            print("notice: no GPU in the Ray cluster, so trials train on the CPU (slow beyond the quick preset)")
+            print("notice: no GPU in the Ray cluster, so trials train on the CPU (the full preset is sized for GPUs)")
     elif gpt > 0 and gpus == 0:
         raise UsageError(f"--gpus-per-trial {gpt:g} asked for, but the Ray cluster has no GPUs; "
                          "use --gpus-per-trial 0 to train on the CPU")
@@ -216,22 +220,33 @@ def run_search(s: RunSettings, arch: str, data, gpus_per_trial: float, concurren
 
     local = s.root / arch
     local.mkdir(parents=True, exist_ok=True)
+    if s.budget_s is not None:
+        from search.budget import Ledger, format_duration
+
+        ledger = Ledger(s.root, s.budget_s)
+        limit = ledger.search_limit(s.archs, arch)
+        ledger.set_limit(f"{arch}/search", limit)
+        print(f"{arch}: the search may spend {format_duration(limit)} of the {format_duration(s.budget_s)} budget"
+              + (f" ({format_duration(ledger.spent[f'{arch}/search'])} spent before)" if ledger.spent.get(f"{arch}/search") else ""))
     plan = SearchPlan(arch=arch, experiment_dir=s.experiment_dir(arch), num_samples=s.num_samples,
                       max_epochs=s.max_epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor,
                       concurrency=concurrency, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                       seed=s.seed, scheduler=s.scheduler, max_failures=s.max_failures,
                       space_overrides=s.space_overrides_for(arch), optuna_storage=str(study_storage_file(local)),
-                      study_name=study_name(s.name, arch), fixed=s.fixed)
+                      study_name=study_name(s.name, arch), fixed=s.fixed,
+                      ledger_root=str(s.root) if s.budget_s is not None else None)
     record = {**dataclasses.asdict(plan), "space_overrides": s.space_overrides.get(arch, {})}
     (local / PLAN_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     resume = resume and tune.Tuner.can_restore(plan.experiment_dir)
-    print(f"\n== {arch}: {'resuming' if resume else 'starting'} {s.num_samples} trials × ≤{s.max_epochs} epochs, "
+    print(f"\n== {arch}: {'resuming' if resume else 'starting'} {'up to ' if s.budget_s else ''}{s.num_samples} trials × "
+          f"≤{s.max_epochs} epochs, "
           f"{concurrency} at a time ({s.cpus_per_trial:g} CPU, {gpus_per_trial:g} GPU each) → {plan.experiment_dir}",
           flush=True)
     grid = make_tuner(plan, data, resume).fit()
     stale = close_stale_trials(plan)
     if stale:
-        print(f"note: {stale} Optuna trial(s) asked for before the interruption never ran; marked failed in the study")
+        print(f"note: {stale} Optuna trial(s) asked for never ran (the search was interrupted or its budget spent); "
+              "marked failed in the study")
     trials = trial_rows(grid, data.base_config, s.max_epochs)
     best = write_outputs(local, trials, data.base_config)
     manifest.record(s.root, arch, "search", {
@@ -255,19 +270,40 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
     from search.retrain import RetrainData, collect, make_retrain_tuner, write_retrain_outputs
 
     search = manifest.require(s.root, arch, "search")
-    picked = best_configs(read_trials(manifest.locate(s.root, search["trials_csv"])), data.base_config,
-                          k=s.retrain_top_k)
+    trials = read_trials(manifest.locate(s.root, search["trials_csv"]))
+    top_k, n_seeds = s.retrain_top_k, s.retrain_seeds
+    experiment = s.experiment_dir(f"{arch}-retrain")
+    resume = tune.Tuner.can_restore(experiment)
+    stopper = None
+    if s.budget_s is not None:
+        from search.budget import BudgetStopper, Ledger, format_duration, plan_retrain
+
+        ledger = Ledger(s.root, s.budget_s)
+        left = ledger.retrain_seconds(s.archs, arch)
+        ledger.set_limit(f"{arch}/retrain", None)  # planned to fit; its time is recorded, a started run never cut
+        best = best_configs(trials, data.base_config, k=1)
+        if best and not resume:
+            # one retraining run: the search's measured epoch time, scaled to train+val, for the full epochs
+            split = data.split
+            scale = (len(split.train) + len(split.val)) / max(1, len(split.train))
+            row = trials[trials["trial_id"] == best[0]["trial_id"]].iloc[0]
+            run_seconds = float(row["iter_seconds"]) * scale * best[0]["config"]["epochs"]
+            plan = plan_retrain(left, run_seconds, concurrency, s.retrain_top_k, s.retrain_seeds)
+            top_k, n_seeds = plan.configs, plan.seeds
+            print(f"{arch}: {format_duration(left)} of the budget left for retraining; a run takes about "
+                  f"{format_duration(run_seconds)}: {plan.configs} configuration(s) × {plan.seeds} seed(s)"
+                  + (f" ({plan.note})" if plan.note else ""))
+        stopper = BudgetStopper(s.root, f"{arch}/retrain")
+    picked = best_configs(trials, data.base_config, k=top_k)
     if not picked:
         print(f"{arch}: every search trial failed; nothing to retrain")
         return None
     configs = [p["config"] for p in picked]
-    seeds = list(range(s.retrain_seeds))
-    experiment = s.experiment_dir(f"{arch}-retrain")
-    resume = tune.Tuner.can_restore(experiment)
+    seeds = list(range(n_seeds))
     print(f"\n== {arch}: {'resuming' if resume else 'starting'} retraining of the top {len(configs)} configuration(s) "
           f"× {len(seeds)} seed(s) on train+val for {configs[0]['epochs']} epochs → {experiment}", flush=True)
     tuner = make_retrain_tuner(experiment, RetrainData(data, configs), seeds, s.cpus_per_trial, gpus_per_trial,
-                               max(1, min(concurrency, len(configs) * len(seeds))), s.max_failures, resume)
+                               max(1, min(concurrency, len(configs) * len(seeds))), s.max_failures, resume, stopper)
     test = data.faces[s.image_size].subset(data.split.test)
     runs, predictions = collect(tuner.fit(), configs, test)
     best = write_retrain_outputs(s.root, arch, experiment, configs, picked, runs, predictions)

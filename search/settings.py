@@ -34,7 +34,7 @@ SCHEDULERS = ("asha", "fifo")
 # fields a flag may change on --resume or a later stage: where things live and how the work is spread, never
 # what is trained
 MAY_CHANGE = ("data_dir", "cache_dir", "weights", "cpus_per_trial", "gpus_per_trial", "concurrency", "max_failures",
-              "address")
+              "address", "budget_s")
 # --set keys that a flag owns: their value flows into the flag's field, so every stage sees one value
 SET_OWNED = {"image_size": "image_size", "max_images": "max_images", "seed": "seed", "data_dir": "data_dir",
              "cache_dir": "cache_dir", "weights_path": "weights", "epochs": "max_epochs"}
@@ -64,6 +64,7 @@ class RunSettings:
     reduction_factor: int
     retrain_top_k: int
     retrain_seeds: int
+    budget_s: float | None = None  # the whole run's time budget (search.budget); None: bounded by trials and epochs
     scheduler: str = "asha"
     seed: int = 0
     cpus_per_trial: float = 1.0
@@ -136,9 +137,10 @@ FLAG_FIELDS = {"arch": "archs", "data": "data_dir", "preset": "preset", "top_k":
                "grace_period": "grace_period", "reduction_factor": "reduction_factor", "image_size": "image_size",
                "max_images": "max_images", "scheduler": "scheduler", "cpus_per_trial": "cpus_per_trial",
                "gpus_per_trial": "gpus_per_trial", "concurrency": "concurrency", "max_failures": "max_failures",
-               "address": "address", "seed": "seed", "cache_dir": "cache_dir", "weights": "weights"}
+               "address": "address", "seed": "seed", "cache_dir": "cache_dir", "weights": "weights",
+               "budget": "budget_s"}
 PRESET_KEYS = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "image_size", "max_images",
-               "retrain_top_k", "retrain_seeds")
+               "retrain_top_k", "retrain_seeds", "budget_s")
 
 
 def preset_values(name: str) -> dict[str, Any]:
@@ -200,6 +202,13 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if key == "archs":
             value = tuple(ARCHS) if value == "both" else (value,)
+        elif key == "budget_s":
+            from search.budget import NO_BUDGET, parse_duration
+
+            try:
+                value = None if value.strip().lower() == NO_BUDGET else parse_duration(value)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
         elif key in PATH_FIELDS:
             value = _absolute(value)
         given[key] = value
@@ -307,6 +316,8 @@ def _attr(key: str) -> str:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, (tuple, list)):
         return "both" if tuple(value) == tuple(ARCHS) else ",".join(map(str, value))
     return str(value)
@@ -342,6 +353,7 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
     need("gpus_per_trial", s.gpus_per_trial is None or s.gpus_per_trial >= 0, "must be 0 or more")
     need("concurrency", s.concurrency is None or s.concurrency >= 1, "must be at least 1")
     need("max_failures", s.max_failures >= 0, "must be 0 or more")
+    need("budget_s", s.budget_s is None or s.budget_s > 0, "must be longer than zero")
     for arch in s.archs:
         try:
             s.base_config(arch)  # builds the arch's TrainConfig, which checks every field

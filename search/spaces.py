@@ -74,6 +74,27 @@ SPACES = {
 }
 
 
+# the study's recipe of each architecture (experiments/configs), the first trial of every search of it
+RECIPES = {"scratch": "seed_a", "pretrained": "seed_b"}
+
+
+def point_in_space(values: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
+    """The searched parameters of ``values`` moved into ``space``: numbers clipped to the range, categorical values
+    to the nearest choice; parameters ``space`` does not search are left out (they come from the base config)."""
+    point = {}
+    for name, dist in space.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if isinstance(dist, Categorical):
+            numeric = all(isinstance(c, (int, float)) for c in dist.choices) and isinstance(value, (int, float))
+            point[name] = (min(dist.choices, key=lambda c: abs(c - value)) if numeric and value not in dist.choices
+                           else value if value in dist.choices else dist.choices[0])
+        else:
+            point[name] = type(dist.low)(min(max(value, dist.low), dist.high))
+    return point
+
+
 _KINDS = {"float": Float, "int": Int, "categorical": Categorical}
 
 

@@ -13,7 +13,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from experiments.objective import METRIC, MODE
-from search.spaces import GRACE, SPACES, Categorical, Float, Int
+from search.spaces import GRACE, RECIPES, SPACES, Categorical, Float, Int, point_in_space
 from search.trainable import TrialData, train_trial
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,19 @@ class SearchPlan:
     optuna_storage: str | None = None  # the study's file (see study_storage_file); None: in memory
     study_name: str = ""
     fixed: tuple[str, ...] = ()  # fields --set fixed for every trial: not searched
+    enqueue_recipe: bool = True  # the study's recipe of the architecture is the first trial (spaces.RECIPES)
+    ledger_root: str | None = None  # with a time budget: the experiment folder holding search.budget's ledger
+
+
+def recipe_points(plan: SearchPlan) -> list[dict[str, Any]]:
+    """The first trials of a search: the study's recipe for the architecture, moved into the searched space, so
+    that a search never ends worse than the recipe it starts from (at the search's image size and budget)."""
+    from experiments.config import load_config_file
+
+    if not plan.enqueue_recipe:
+        return []
+    point = point_in_space(load_config_file(RECIPES[plan.arch]), search_space(plan))
+    return [point] if point else []
 
 
 def study_name(experiment: str, arch: str) -> str:
@@ -144,7 +157,7 @@ def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
     # a define-by-run space makes OptunaSearch ignore TuneConfig's metric and mode, so it is told directly
     searcher = PrunedAwareOptunaSearch(space=DefineByRun(search_space(plan)), metric=METRIC, mode=MODE,
                                        sampler=sampler, storage=storage, study_name=plan.study_name,
-                                       max_epochs=plan.max_epochs)
+                                       points_to_evaluate=recipe_points(plan) or None, max_epochs=plan.max_epochs)
     # Tune keeps just one trial pending with a searcher unless told how many may run at once
     return ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency)
 
@@ -179,13 +192,20 @@ def make_tuner(plan: SearchPlan, data: TrialData, resume: bool) -> tune.Tuner:
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage,
+            name=name, storage_path=storage, stop=budget_stopper(plan),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             verbose=1,
         ),
     )
+
+
+def budget_stopper(plan: SearchPlan):
+    """The stopper that ends the search when its share of the time budget is spent; None without a budget."""
+    from search.budget import BudgetStopper
+
+    return BudgetStopper(Path(plan.ledger_root), f"{plan.arch}/search") if plan.ledger_root else None
 
 
 def close_stale_trials(plan: SearchPlan) -> int:

@@ -44,7 +44,8 @@ def copy_real(data_dir: Path, dest: Path, names: list[str]) -> None:
 # searches
 
 # image size and subset size go through --set on purpose: a --set of a field a flag owns must reach every stage
-TINY = ["--preset", "quick", "--max-epochs", "3", "--grace-period", "1", "--reduction-factor", "3",
+TINY = ["--preset", "smoke", "--budget", "none", "--top-k", "2", "--seeds", "2", "--max-epochs", "3", "--grace-period", "1",
+        "--reduction-factor", "3",
         "--set", "batch_size=32", "image_size=32", "max_images=300"]
 
 

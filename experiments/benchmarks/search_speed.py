@@ -55,11 +55,11 @@ def run_once(scheduler: str, args: argparse.Namespace, extra: list[str], storage
     if done.returncode != 0:
         raise SystemExit(f"{scheduler} search failed:\n{done.stderr[-3000:]}")
     trials = pd.read_csv(storage / f"bench-{scheduler}" / args.arch / "trials.csv")
-    best = trials.loc[trials["best_objective"].idxmin()]
+    best = trials.loc[trials["score_objective"].idxmin()]
     return {
-        "best_objective": round(float(best["best_objective"]), 4),
-        "best_val_gender_acc": round(float(best["best_val_gender_acc"]), 4),
-        "best_val_age_mae": round(float(best["best_val_age_mae"]), 3),
+        "best_objective": round(float(best["score_objective"]), 4),
+        "best_val_gender_acc": round(float(best["score_val_gender_acc"]), 4),
+        "best_val_age_mae": round(float(best["score_val_age_mae"]), 3),
         "trials": int(len(trials)),
         "trials_stopped_early": int((trials["status"] == "stopped_early").sum()),
         "trial_epochs": int(trials["epochs"].sum()),

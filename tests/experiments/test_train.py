@@ -105,3 +105,53 @@ def test_cli_bad_input_fails_with_a_message(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
     result = subprocess.run(cmd[:2] + ["--set", "learning_rate=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unknown config key" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_distribution_loss_adds_the_label_distribution_kl():
+    from experiments.train import DLDL_SIGMA, loss_terms
+
+    age = torch.tensor([20.0, 50.0])
+    bins = torch.arange(117.0)
+    # logits equal to the target's log-density: the KL term vanishes, only BCE and L1 remain
+    target_logits = -0.5 * ((bins - age[:, None]) / DLDL_SIGMA) ** 2
+    pred = (torch.softmax(target_logits, 1) * bins).sum(1)
+    logit, gender = torch.zeros(2), torch.tensor([0.0, 1.0])
+    exact, bce, l1 = loss_terms(pred, logit, age, gender, 0.1, target_logits)
+    torch.testing.assert_close(exact, bce + 0.1 * l1, atol=1e-5, rtol=0)
+    wrong, _, _ = loss_terms(pred, logit, age, gender, 0.1, target_logits.flip(0))
+    assert wrong > exact + 1.0
+
+
+def test_ema_is_scored_saved_and_resumed_exactly(small, tmp_path):
+    cfg, faces, split = small
+    cfg = TrainConfig.from_dict({"epochs": 2, "max_images": 300, "ema_decay": 0.99, "age_head": "distribution"}, cfg)
+    train, val = fit_parts(faces, split, cfg)
+    straight = Trainer(cfg, train, val)
+    full = list(straight.epochs())
+    ckpt_full = straight.checkpoint()
+    # the scored and saved weights are the average, not the trained ones
+    assert not torch.equal(ckpt_full["model"]["heads.age.weight"], ckpt_full["train_model"]["heads.age.weight"])
+    assert full[-1]["val_age_mae"] == pytest.approx(score(straight.ema.module, straight.held_out_data,
+                                                          cfg.age_loss_weight, straight.precision)["age_mae"])
+    first = Trainer(cfg, train, val)
+    next(first.epochs())
+    torch.save(first.checkpoint(), tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    resumed = Trainer(cfg, train, val)
+    resumed.load_checkpoint(ckpt)
+    assert resumed.ema.updates == first.ema.updates > 0
+    rest = list(resumed.epochs())
+    # the second epoch's metrics are the moving average's, and the same as the uninterrupted run's
+    assert rest[0]["train_loss"] == pytest.approx(full[1]["train_loss"], rel=1e-5)
+    assert rest[0]["objective"] == pytest.approx(full[1]["objective"], rel=1e-5)
+    model, _ = load_model(ckpt_full)
+    assert torch.equal(model.state_dict()["heads.age.weight"], ckpt_full["model"]["heads.age.weight"])
+
+
+def test_ema_starts_with_a_short_memory():
+    from experiments.ema import WeightEMA
+
+    ema = WeightEMA(torch.nn.Linear(2, 1), 0.999)
+    assert ema.current_decay() == pytest.approx(0.1)
+    ema.updates = 10_000
+    assert ema.current_decay() == 0.999

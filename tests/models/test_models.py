@@ -62,3 +62,50 @@ def test_frozen_backbone_keeps_bn_stats_and_gets_no_gradient():
     (age.sum() + logit.sum()).backward()
     assert not torch.equal(bn.running_mean, before)
     assert all(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_distribution_head_predicts_the_expected_age_of_its_bins():
+    model = build_model(cfg(arch="scratch", depth=2, base_width=8, age_head="distribution")).eval()
+    age, logit, age_logits = model.outputs(torch.rand(4, 3, 32, 32))
+    assert age_logits.shape == (4, 117) and logit.shape == (4,)
+    expected = (torch.softmax(age_logits, 1) * torch.arange(117.0)).sum(1)
+    torch.testing.assert_close(age, expected)
+    assert (age > 0).all() and (age < 116).all()
+    assert 25 < age.mean() < 45  # starts from the UTKFace age prior, not the middle of 0-116
+    with pytest.raises(ValueError, match="valid: regression, distribution"):
+        TrainConfig(age_head="bins")
+
+
+@pytest.mark.parametrize("age_head", ["regression", "distribution"])
+def test_flip_tta_averages_a_face_and_its_mirror_in_eval_mode_only(age_head):
+    model = build_model(cfg(arch="scratch", depth=2, base_width=8, age_head=age_head, tta_flip=True)).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        age, logit = model(x)
+        plain, mirrored = model.outputs(x), model.outputs(x.flip(3))
+    torch.testing.assert_close(age, (plain[0] + mirrored[0]) / 2)
+    p = (torch.sigmoid(plain[1]) + torch.sigmoid(mirrored[1])) / 2
+    torch.testing.assert_close(torch.sigmoid(logit), p)
+    assert not torch.allclose(plain[0], mirrored[0])  # the mirror is a different input, so the test can fail
+    model.train()
+    assert model(x)[0].shape == (3,)  # training sees one view: augmentation flips there
+
+
+def test_ensemble_averages_ages_and_probabilities():
+    from models import Ensemble
+
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        members.append(build_model(cfg(arch="scratch", depth=2, base_width=8)).eval())
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        age, logit = Ensemble(members)(x)
+        outs = [m(x) for m in members]
+    torch.testing.assert_close(age, torch.stack([a for a, _ in outs]).mean(0))
+    torch.testing.assert_close(torch.sigmoid(logit), torch.stack([torch.sigmoid(l) for _, l in outs]).mean(0))
+    # confident members do not saturate the mean's logit
+    extreme = torch.tensor([[60.0, -60.0], [60.0, 60.0]])
+    from models.heads import mean_probability_logit
+    assert torch.isfinite(mean_probability_logit(extreme)).all()
+    torch.testing.assert_close(torch.sigmoid(mean_probability_logit(extreme)), torch.tensor([1.0, 0.5]))  # rows: members

@@ -44,7 +44,7 @@ def test_a_search_whose_every_trial_failed_still_reports(data_dir, tmp_path):
     # a learning rate this large makes every trial's loss non-finite in its first epoch (a --set field is fixed
     # for every trial, not searched): failed, not retried
     result = run_cli("--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "doomed",
-                     "--num-samples", "2", "--top-k", "1", "--seeds", "1", "--preset", "quick", "--max-epochs", "1",
+                     "--num-samples", "2", "--top-k", "1", "--seeds", "1", "--preset", "smoke", "--max-epochs", "1",
                      "--grace-period", "1", "--max-failures", "0", "--set", "image_size=32", "max_images=200", "lr=1e30",
                      "grad_clip=0", "schedule=none")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -82,7 +82,7 @@ def test_log_scaled_parameter_axes_do_not_crowd(tmp_path):
 
     trials = pd.DataFrame({
         "status": ["completed", "stopped_early"] * 4,
-        "best_objective": [1.0, 1.2, 0.9, 1.5, 1.1, 1.3, 0.95, 1.4],
+        "score_objective": [1.0, 1.2, 0.9, 1.5, 1.1, 1.3, 0.95, 1.4],
         "config/age_loss_weight": [0.021, 0.03, 0.05, 0.08, 0.12, 0.2, 0.33, 0.49],
         "config/backbone_lr_mult": [0.011, 0.02, 0.05, 0.09, 0.15, 0.3, 0.6, 0.98],
         "config/lr": [1.1e-4, 2e-4, 4e-4, 8e-4, 1e-3, 2e-3, 3e-3, 4.9e-3],

@@ -46,7 +46,7 @@ def terminated_trials(experiment: Path) -> dict[str, str]:
 
 def test_resume_after_the_driver_is_killed(data_dir, tmp_path):
     args = ["--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "killed",
-            "--num-samples", "10", "--concurrency", "1", "--seed", "7", "--preset", "quick", "--max-epochs", "3",
+            "--num-samples", "10", "--concurrency", "1", "--seed", "7", "--preset", "smoke", "--max-epochs", "3",
             "--grace-period", "1", "--reduction-factor", "3",
             # trials long enough, and enough of them, that some are still to run when the driver is killed
             "--set", "batch_size=32", "image_size=48", "max_images=600"]
@@ -130,7 +130,7 @@ def test_trials_pack_on_a_declared_gpu_of_an_existing_cluster(data_dir, tmp_path
                 time.sleep(0.5)
         result = run_cli("--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "cluster",
                          "--num-samples", "4", "--address", f"127.0.0.1:{port}", "--stage", "search",
-                         "--gpus-per-trial", "0.25", "--grace-period", "3", "--max-epochs", "3", "--preset", "quick",
+                         "--gpus-per-trial", "0.25", "--grace-period", "3", "--max-epochs", "3", "--preset", "smoke",
                          # trials of a few seconds, so that their overlap outlasts the staggered starts
                          "--set", "image_size=64", "max_images=800", "batch_size=32")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -219,7 +219,7 @@ def test_two_nodes_and_a_lost_node(data_dir, tmp_path):
             time.sleep(1)
         args = ["--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "two", "--num-samples",
                 "2", "--address", f"127.0.0.1:{port}", "--stage", "search", "--max-epochs", "12", "--grace-period",
-                "12", "--max-failures", "3", "--preset", "quick", "--set", "image_size=32", "max_images=300",
+                "12", "--max-failures", "3", "--preset", "smoke", "--set", "image_size=32", "max_images=300",
                 "batch_size=32"]
         driver = subprocess.Popen([sys.executable, "search/run.py", *map(str, args)], cwd=ROOT, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)

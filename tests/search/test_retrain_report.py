@@ -40,12 +40,12 @@ def test_retrained_top_configs_with_seeds(tiny_search, arch):
     trials = pd.read_csv(folder / arch / "trials.csv")
     runs = pd.read_csv(folder / f"{arch}-retrain" / "retrain_runs.csv")
     summary = pd.read_csv(folder / f"{arch}-retrain" / "retrain_summary.csv")
-    # quick preset: top 2 configurations × 2 seeds, trained for the full 3-epoch budget
+    # smoke preset: top 2 configurations × 2 seeds, trained for the full 3-epoch budget
     assert len(runs) == 4 and (runs["status"] == "completed").all() and (runs["epochs"] == 3).all()
     assert sorted(runs["seed"].unique()) == [0, 1]
-    # trials that ran the whole budget rank first, then early-stopped ones, each by validation objective
+    # trials that ran the whole budget rank first, then early-stopped ones, each by their last epochs' validation objective
     ranked = trials[trials["status"] != "failed"].assign(full=trials["status"] == "completed")
-    ranked = ranked.sort_values(["full", "best_objective"], ascending=[False, True])
+    ranked = ranked.sort_values(["full", "score_objective"], ascending=[False, True])
     assert summary["search_trial_id"].astype(str).tolist() == ranked["trial_id"].astype(str).head(2).tolist()
     for _, row in summary.iterrows():
         mine = runs[runs["rank"] == row["rank"]]

@@ -36,13 +36,27 @@ def test_outputs_and_tensorboard(tiny_search):
     for arch in ("scratch", "pretrained"):
         best = json.loads((folder / arch / "best_config.json").read_text())
         trials = pd.read_csv(folder / arch / "trials.csv")
-        top = trials[trials["status"] == "completed"].sort_values("best_objective").iloc[0]
-        assert best["trial_id"] == top["trial_id"] and best["objective"] == pytest.approx(top["best_objective"])
+        top = trials[trials["status"] == "completed"].sort_values("score_objective").iloc[0]
+        assert best["trial_id"] == top["trial_id"] and best["objective"] == pytest.approx(top["score_objective"])
         assert best["config"]["arch"] == arch and best["config"]["epochs"] == 3
         assert {"config/lr", "config/dropout", "best_val_gender_acc", "last_val_age_mae", "reason"} <= set(trials)
         events = list((folder / arch).glob("train_trial_*/events.out.tfevents.*"))
         assert len(events) == 5
     assert "unfreeze_epoch" in pd.read_csv(folder / "pretrained" / "trials.csv").columns.str.replace("config/", "").tolist()
+
+
+def test_the_study_recipe_is_a_trial_of_every_search(tiny_search):
+    from search.spaces import RECIPES, point_in_space
+    from search.settings import RunSettings
+    from experiments.config import load_config_file
+
+    folder, _ = tiny_search
+    settings = RunSettings(**json.loads((folder / "search_settings.json").read_text())["settings"])
+    for arch in ("scratch", "pretrained"):
+        point = point_in_space(load_config_file(RECIPES[arch]), settings.space(arch))
+        trials = pd.read_csv(folder / arch / "trials.csv")
+        matches = [all(row[f"config/{k}"] == pytest.approx(v) for k, v in point.items()) for _, row in trials.iterrows()]
+        assert sum(matches) == 1, (arch, point)
     # --set max_images=300 reached the split, and --set image_size=32 the trials and the saved settings
     assert json.loads((folder / "split.json").read_text())["counts"]["test"] == 45
     saved = json.loads((folder / "search_settings.json").read_text())["settings"]

@@ -15,7 +15,7 @@ def settings(line: str, data_dir, storage):
 
 
 def test_set_of_a_flag_owned_field_flows_everywhere(data_dir, tmp_path):
-    s = settings("--preset quick --set image_size=64 max_images=100 seed=4 epochs=3", data_dir, tmp_path)
+    s = settings("--preset smoke --set image_size=64 max_images=100 seed=4 epochs=3", data_dir, tmp_path)
     assert (s.image_size, s.max_images, s.seed, s.max_epochs) == (64, 100, 4, 3)
     for arch in ("scratch", "pretrained"):
         base = s.base_config(arch)
@@ -49,7 +49,7 @@ def test_bad_values_name_their_source(line, message, data_dir, tmp_path):
 
 
 def test_resume_restores_every_setting(data_dir, tmp_path):
-    first = settings("--preset quick --name exp --arch scratch --seed 5 --scheduler fifo --concurrency 1 "
+    first = settings("--preset smoke --name exp --arch scratch --seed 5 --scheduler fifo --concurrency 1 "
                      f"--cache-dir {tmp_path / 'cache'} --num-samples 3 --set dropout=0.2 image_size=40",
                      data_dir, tmp_path)
     first.root.mkdir(parents=True)
@@ -65,13 +65,13 @@ def test_resume_restores_every_setting(data_dir, tmp_path):
 
 @pytest.mark.parametrize("line, message", [
     ("--seed 1", "--seed 1 contradicts the saved experiment 'exp' (seed 5)"),
-    ("--preset full", "--preset full contradicts the saved experiment 'exp' (preset quick)"),
+    ("--preset full", "--preset full contradicts the saved experiment 'exp' (preset smoke)"),
     ("--set dropout=0.3", "--set dropout=0.3 contradicts the saved experiment 'exp'"),
     ("--set image_size=64", "--set image_size 64 contradicts the saved experiment 'exp' (image_size 40)"),
     ("--arch pretrained", "experiment 'exp' has no pretrained search"),
 ])
 def test_resume_refuses_a_contradicting_flag(line, message, data_dir, tmp_path):
-    first = settings("--preset quick --name exp --arch scratch --seed 5 --set dropout=0.2 image_size=40", data_dir,
+    first = settings("--preset smoke --name exp --arch scratch --seed 5 --set dropout=0.2 image_size=40", data_dir,
                      tmp_path)
     first.root.mkdir(parents=True)
     save_new(first)
@@ -81,7 +81,7 @@ def test_resume_refuses_a_contradicting_flag(line, message, data_dir, tmp_path):
 
 
 def test_resume_records_what_may_change(data_dir, tmp_path):
-    first = settings("--preset quick --name exp --seed 5", data_dir, tmp_path)
+    first = settings("--preset smoke --name exp --seed 5", data_dir, tmp_path)
     first.root.mkdir(parents=True)
     save_new(first)
     again = settings("--name exp --resume --seed 5 --concurrency 1 --cpus-per-trial 2 --max-failures 0", data_dir,
@@ -108,7 +108,7 @@ def test_resume_records_what_may_change(data_dir, tmp_path):
 ])
 def test_cli_refuses_in_one_line_and_writes_nothing(extra, message, data_dir, tmp_path):
     storage = tmp_path / "runs"
-    result = run_cli("--data", data_dir, "--storage-path", storage, "--preset", "quick", "--name", "x", *extra,
+    result = run_cli("--data", data_dir, "--storage-path", storage, "--preset", "smoke", "--name", "x", *extra,
                      timeout=180)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert message in result.stderr
@@ -118,5 +118,5 @@ def test_cli_refuses_in_one_line_and_writes_nothing(extra, message, data_dir, tm
 
 def test_storage_under_a_file_is_refused(data_dir, tmp_path):
     (tmp_path / "file").write_text("x")
-    result = run_cli("--data", data_dir, "--storage-path", tmp_path / "file" / "runs", "--preset", "quick")
+    result = run_cli("--data", data_dir, "--storage-path", tmp_path / "file" / "runs", "--preset", "smoke")
     assert result.returncode == 2 and "cannot write the experiment to" in result.stderr

@@ -113,3 +113,24 @@ def test_a_field_fixed_by_set_is_not_searched():
              fixed=("lr", "depth"))
     space = search_space(p)
     assert "lr" not in space and "depth" not in space and "dropout" in space
+
+
+def test_the_study_recipe_is_moved_into_the_space():
+    from search.spaces import Categorical, Float, Int, point_in_space
+
+    space = {"lr": Float(1e-4, 5e-3, log=True), "weight_decay": Float(1e-6, 1e-2, log=True), "depth": Int(2, 4),
+             "base_width": Categorical((8, 16)), "optimizer": Categorical(("adam", "sgd"))}
+    point = point_in_space({"lr": 1e-3, "weight_decay": 0.0, "depth": 5, "base_width": 64, "optimizer": "adam",
+                            "epochs": 100}, space)
+    assert point == {"lr": 1e-3, "weight_decay": 1e-6, "depth": 4, "base_width": 16, "optimizer": "adam"}
+    assert isinstance(point["depth"], int)
+
+
+def test_selection_score_is_the_mean_of_the_last_epochs():
+    from experiments.objective import SELECTION_EPOCHS, selection_score
+
+    assert SELECTION_EPOCHS == 3
+    assert selection_score([0.5, 2.0, 1.0, 1.0, 1.3]) == pytest.approx(1.1)  # not the lucky 0.5
+    assert selection_score([0.9]) == 0.9
+    with pytest.raises(ValueError):
+        selection_score([])

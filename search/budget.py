@@ -1,0 +1,153 @@
+"""A search's time budget: how it is written, how it is shared between stages, and what has been spent.
+
+``--budget 10m`` (also ``90s``, ``2h``, ``1h30m``) bounds the whole run — every architecture's search,
+retraining and the report — like FLAML's ``time_budget`` and AutoGluon's ``time_limit``. Each architecture gets
+an equal share; within it the search gets ``SEARCH_SHARE`` and stops when that is spent (Ray Tune's
+``time_budget_s``: trials still running are stopped and count as stopped early), and the retraining is planned from
+the epoch times the search measured: as many seeds of the best configuration, then further configurations, as
+fit in what is left. The time spent is written to ``budget.json`` in the experiment after every reported epoch,
+so that a resumed run (``--resume``) gets only what is left.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+
+BUDGET_FILE = "budget.json"
+NO_BUDGET = "none"  # --budget none: bounded by trials and epochs only (overrides a preset's budget)
+SEARCH_SHARE = 0.5  # of an architecture's share; the retraining gets what the search left
+REPORT_RESERVE_S = 30.0  # the report and the driver's own start-up, kept out of the stages' shares
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``10m``, ``2h``, ``1h30m`` or a plain number of seconds; ``ValueError`` names the forms."""
+    match = _DURATION.match(text.strip().lower()) if text and text.strip() else None
+    if not match or not any(match.groups()):
+        raise ValueError(f"--budget {text!r} is not a duration; write it as 90s, 10m, 2h or 1h30m (or {NO_BUDGET})")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"--budget {text!r} must be longer than zero")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Ledger:
+    """``budget.json``: the budget and the seconds each stage (``<arch>/search``, ``<arch>/retrain``) has spent."""
+
+    def __init__(self, root: Path, budget_s: float | None = None):
+        self.path = Path(root) / BUDGET_FILE
+        saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.budget_s = budget_s if budget_s is not None else saved.get("budget_s")
+        self.spent: dict[str, float] = {k: float(v) for k, v in saved.get("spent", {}).items()}
+        self.limits: dict[str, float | None] = saved.get("limits", {})
+
+    def total_spent(self) -> float:
+        return sum(self.spent.values())
+
+    def _write(self) -> None:
+        self.path.write_text(json.dumps({"budget_s": self.budget_s, "spent": self.spent, "limits": self.limits},
+                                        indent=2) + "\n")
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.spent[stage] = seconds
+        self._write()
+
+    def set_limit(self, stage: str, seconds: float | None) -> None:
+        """What ``stage`` may spend in all (None: no limit, its time is only recorded); read by its stopper."""
+        self.limits[stage] = seconds
+        self._write()
+
+    def arch_share(self, archs: tuple[str, ...], arch: str) -> float:
+        """Seconds ``arch`` may use in all: an equal share of the budget less the report's reserve, plus whatever
+        the architectures before it left unused."""
+        usable = max(0.0, self.budget_s - REPORT_RESERVE_S)
+        index = archs.index(arch)
+        before = sum(self.spent.get(f"{a}/search", 0) + self.spent.get(f"{a}/retrain", 0) for a in archs[:index])
+        return max(0.0, (usable - before) / (len(archs) - index))
+
+    def search_limit(self, archs: tuple[str, ...], arch: str) -> float:
+        """Seconds ``arch``'s search may spend in all (a resumed search's earlier time included)."""
+        return SEARCH_SHARE * self.arch_share(archs, arch)
+
+    def retrain_seconds(self, archs: tuple[str, ...], arch: str) -> float:
+        """What is left of ``arch``'s share once its search is done."""
+        return max(0.0, self.arch_share(archs, arch) - self.spent.get(f"{arch}/search", 0)
+                   - self.spent.get(f"{arch}/retrain", 0))
+
+
+class BudgetStopper(tune.Stopper):
+    """Ends a stage's Tune experiment once the stage has spent the limit the ledger sets for it (earlier runs'
+    time included), and writes the time spent to the ledger with every reported epoch.
+
+    Tune pickles its stopper with the experiment, so the limit and the clock are read from the ledger when a
+    process first asks (never pickled): a resumed run counts from what was spent and obeys a changed budget.
+    """
+
+    def __init__(self, root: Path, stage: str):
+        self.root, self.stage = Path(root), stage
+        self._clock: tuple[float, float, float | None] | None = None  # (spent before, process start, limit)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_clock": None}
+
+    def _start(self) -> tuple[float, float, float | None]:
+        if self._clock is None:
+            ledger = Ledger(self.root)
+            self._clock = (ledger.spent.get(self.stage, 0.0), time.monotonic(), ledger.limits.get(self.stage))
+        return self._clock
+
+    def elapsed(self) -> float:
+        before, start, _ = self._start()
+        return before + time.monotonic() - start
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        Ledger(self.root).record(self.stage, self.elapsed())
+        return False
+
+    def stop_all(self) -> bool:
+        limit = self._start()[2]
+        if limit is None or self.elapsed() < limit:
+            return False
+        Ledger(self.root).record(self.stage, self.elapsed())  # the time the stage ended, not its last epoch's
+        return True
+
+
+@dataclass(frozen=True)
+class RetrainPlan:
+    configs: int
+    seeds: int
+    waves: int
+    seconds: float  # projected
+    note: str
+
+
+def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_configs: int,
+                 max_seeds: int) -> RetrainPlan:
+    """How many configurations × seeds of ``run_seconds`` each fit in ``seconds_left`` with ``concurrency`` at once.
+
+    Seeds of the best configuration come first (they make the exported ensemble), then further configurations;
+    at least one run is always planned, even if it overruns the budget (a search must hand over a model).
+    """
+    waves = max(1, math.floor(seconds_left / run_seconds)) if run_seconds > 0 else 1
+    runs = max(1, min(waves * concurrency, max_configs * max_seeds))
+    seeds = min(max_seeds, runs)
+    configs = max(1, min(max_configs, runs // seeds))
+    used = math.ceil(configs * seeds / concurrency)
+    note = "" if run_seconds * used <= seconds_left else \
+        f"one retraining run ({run_seconds:.0f} s) is longer than the {seconds_left:.0f} s left; it runs anyway"
+    return RetrainPlan(configs, seeds, used, used * run_seconds, note)

@@ -1,0 +1,99 @@
+"""The time budget: durations, shares between stages, the ledger a resumed run reads, the retraining plan."""
+import pickle
+import time
+
+import pytest
+
+from search.budget import (BUDGET_FILE, REPORT_RESERVE_S, SEARCH_SHARE, BudgetStopper, Ledger, format_duration,
+                           parse_duration, plan_retrain)
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("45", 45),
+                                           ("1.5m", 90), (" 10M ", 600)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "10x", "m", "0s", "-5m"])
+def test_bad_durations_name_the_forms(text):
+    with pytest.raises(ValueError, match="90s, 10m, 2h or 1h30m|longer than zero"):
+        parse_duration(text)
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (42, 90, 3700)] == ["42s", "1m30s", "1h01m"]
+
+
+def test_shares_follow_what_earlier_stages_spent(tmp_path):
+    ledger = Ledger(tmp_path, 630.0)
+    archs = ("scratch", "pretrained")
+    usable = 630.0 - REPORT_RESERVE_S
+    assert ledger.arch_share(archs, "scratch") == pytest.approx(usable / 2)
+    assert ledger.search_limit(archs, "scratch") == pytest.approx(SEARCH_SHARE * usable / 2)
+    ledger.record("scratch/search", 100.0)
+    ledger.record("scratch/retrain", 100.0)
+    # scratch left 100 s of its share unused: the pretrained model gets it
+    assert ledger.arch_share(archs, "pretrained") == pytest.approx(usable - 200.0)
+    assert ledger.retrain_seconds(archs, "scratch") == pytest.approx(usable / 2 - 200.0)
+    again = Ledger(tmp_path)  # a resumed run reads the budget and what was spent
+    assert again.budget_s == 630.0 and again.spent == {"scratch/search": 100.0, "scratch/retrain": 100.0}
+    assert (tmp_path / BUDGET_FILE).is_file()
+
+
+def test_stopper_counts_earlier_runs_and_reads_its_limit_from_the_ledger(tmp_path):
+    ledger = Ledger(tmp_path, 100.0)
+    ledger.record("scratch/search", 9.9)
+    ledger.set_limit("scratch/search", 10.0)
+    stopper = BudgetStopper(tmp_path, "scratch/search")
+    assert not stopper("t1", {})  # trials are never stopped one by one
+    time.sleep(0.15)
+    assert stopper.stop_all()  # 9.9 s before + this run's time passes the 10 s limit
+    assert Ledger(tmp_path).spent["scratch/search"] >= 9.9
+    # unpickled (as Tune restores an experiment), it starts its clock again from the ledger and its new limit
+    Ledger(tmp_path).set_limit("scratch/search", 60.0)
+    restored = pickle.loads(pickle.dumps(stopper))
+    assert not restored.stop_all()
+    Ledger(tmp_path).set_limit("scratch/retrain", None)
+    assert not BudgetStopper(tmp_path, "scratch/retrain").stop_all()  # no limit: time is only recorded
+
+
+@pytest.mark.parametrize("left, run, conc, k, seeds, expect", [
+    (1000, 100, 2, 2, 2, (2, 2, 2)),    # everything asked fits
+    (250, 100, 2, 3, 3, (1, 3, 2)),     # 2 waves × 2 = 4 runs: 3 seeds of the best config first
+    (150, 100, 2, 3, 3, (1, 2, 1)),     # one wave of 2 runs: two seeds, an ensemble
+    (50, 100, 2, 3, 3, (1, 2, 1)),      # not even one wave fits: one wave runs anyway, and says so
+])
+def test_retrain_plan(left, run, conc, k, seeds, expect):
+    plan = plan_retrain(left, run, conc, k, seeds)
+    assert (plan.configs, plan.seeds, plan.waves) == expect
+    assert bool(plan.note) == (left < run)
+
+
+def test_a_budgeted_search_stops_plans_its_retraining_and_resumes(data_dir, tmp_path):
+    import json
+
+    from conftest import TINY, run_cli
+
+    args = ["--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "b", *TINY,
+            "--num-samples", "500", "--max-epochs", "2", "--grace-period", "2"]
+    budgeted = [a if a != "none" else "50s" for a in args]  # TINY says --budget none
+    result = run_cli(*budgeted)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ledger = json.loads((tmp_path / "b" / BUDGET_FILE).read_text())
+    limit = ledger["limits"]["scratch/search"]
+    assert limit == pytest.approx(SEARCH_SHARE * (50 - REPORT_RESERVE_S))
+    # the search stopped on its share, not on its 500 trials
+    assert limit <= ledger["spent"]["scratch/search"] < limit + 30
+    trials = json.loads((tmp_path / "b" / "manifest.json").read_text())["archs"]["scratch"]["search"]["trials"]
+    assert len(trials) < 500
+    assert "of the budget left for retraining" in result.stdout
+    assert "time budget" in (tmp_path / "b" / "report" / "report.md").read_text()
+    # a resume may change the budget (recorded); a search that ended on its budget stays ended
+    more = [a if a != "50s" else "70s" for a in budgeted] + ["--resume"]
+    result = run_cli(*more)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    again = json.loads((tmp_path / "b" / BUDGET_FILE).read_text())
+    assert again["limits"]["scratch/search"] == pytest.approx(SEARCH_SHARE * (70 - REPORT_RESERVE_S))
+    assert again["spent"]["scratch/search"] == pytest.approx(ledger["spent"]["scratch/search"], abs=5)
+    resumes = json.loads((tmp_path / "b" / "search_settings.json").read_text())["resumes"]
+    assert resumes[-1]["changed"] == {"budget_s": 70.0}
