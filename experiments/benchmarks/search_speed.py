@@ -2,7 +2,7 @@
 
     python experiments/benchmarks/search_speed.py --data ../shared/data/utkface-5k [--arch scratch] [search flags...]
 
-Any flag it does not know is passed to ``search/run.py`` (e.g. ``--preset quick``, ``--num-samples 32
+Any flag it does not know is passed to ``search/run.py`` (e.g. ``--preset smoke``, ``--num-samples 32
 --max-epochs 30 --gpus-per-trial 0.25``). Reports, for each scheduler, the best objective reached, the
 trial-epochs trained and the wall time of the whole search (Ray start-up included).
 """
