@@ -20,7 +20,7 @@ PRESETS = {
         "grace_period": 3,
         "reduction_factor": 2,
         "retrain_top_k": 2,
-        "retrain_seeds": 2,
+        "retrain_seeds": 4,  # upper bounds: the budget plans how many run (2 seeds in 9 minutes on 2 cores)
         "budget_s": 540.0,
         "space_overrides": {
             "scratch": {"depth": Int(3, 5), "base_width": Categorical((16, 32)), "dense_units": Categorical((128, 256)),

@@ -1,9 +1,9 @@
 """Search the hyperparameters of one or both architectures with Ray Tune, Optuna's TPE and ASHA.
 
-    python search/run.py --arch both --preset quick --data ../shared/data/utkface-5k
+    python search/run.py --arch pretrained --preset quick --data ../shared/data/utkface-5k   # 9 minutes on a laptop
     python search/run.py --arch scratch --preset full --gpus-per-trial 0.25        # 4 trials per GPU
     python search/run.py --arch pretrained --address auto --storage-path /shared/runs  # an existing cluster
-    python search/run.py --arch both --preset quick --resume                           # after an interruption
+    python search/run.py --arch pretrained --preset quick --resume                        # after an interruption
 
 Every trial trains with ``experiments/train.py``'s loop and reports once per epoch; the objective is
 ``experiments.objective``'s. Results land in ``<storage-path>/<name>/<arch>/``: Tune's trial folders
@@ -29,7 +29,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 from search.presets import PRESETS  # noqa: E402
 from search.settings import (  # noqa: E402
-    ARCH_CHOICES, DEFAULT_PRESET, SCHEDULERS, STAGES, RunSettings, UsageError, record_resume, resolve, save_new,
+    ARCH_CHOICES, CPU_PRESET, GPU_PRESET, SCHEDULERS, STAGES, RunSettings, UsageError, record_resume, resolve, save_new,
     settings_path)
 
 
@@ -53,7 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, choices=ARCH_CHOICES, help="architecture(s) to search (default: both)")
     p.add_argument("--data", default=None, help="folder of UTKFace crops (default: $UTKFACE_DIR)")
     p.add_argument("--preset", default=None, choices=tuple(PRESETS),
-                   help=f"quick: a few minutes on a laptop; full: the real search (default: {DEFAULT_PRESET})")
+                   help=f"quick: a 9-minute search on a laptop; smoke: every stage in a minute; full: the real search "
+                        f"(default: {GPU_PRESET} where a GPU or --address is, else {CPU_PRESET})")
     p.add_argument("--name", default=None, help="experiment name (default: the preset's name)")
     p.add_argument("--storage-path", default=None,
                    help="where experiments live: a local folder, a shared filesystem, or an s3:// / gs:// URI "

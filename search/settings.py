@@ -25,7 +25,19 @@ from search.presets import PRESETS
 from search.spaces import dist_from_json, dist_to_json
 
 SETTINGS_FILE = "search_settings.json"
-DEFAULT_PRESET = "full"
+# without --preset: the full search where GPUs are (a visible GPU, or a cluster given with --address), the quick,
+# time-budgeted one on a CPU, where the full preset's 64 trials × 100 epochs at 128 px would take days; with
+# --budget alone, the quick preset's sizes and spaces under the given budget
+GPU_PRESET, CPU_PRESET = "full", "quick"
+
+
+def default_preset(args: argparse.Namespace) -> str:
+    """The preset a run without --preset starts from (see GPU_PRESET, CPU_PRESET)."""
+    if getattr(args, "budget", None) is not None:
+        return CPU_PRESET
+    import torch
+
+    return GPU_PRESET if args.address or torch.cuda.is_available() else CPU_PRESET
 ARCHS = ("scratch", "pretrained")
 ARCH_CHOICES = (*ARCHS, "both")
 STAGES = ("all", "search", "retrain", "report")
@@ -223,7 +235,7 @@ def resolve(args: argparse.Namespace) -> RunSettings:
     from experiments.config import coerce_values, parse_overrides
 
     later = args.stage in ("retrain", "report")
-    preset = args.preset or DEFAULT_PRESET
+    preset = args.preset or default_preset(args)
     name, storage, root = _locate(args, preset)
     saved = None
     if args.resume or later:

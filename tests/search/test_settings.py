@@ -120,3 +120,13 @@ def test_storage_under_a_file_is_refused(data_dir, tmp_path):
     (tmp_path / "file").write_text("x")
     result = run_cli("--data", data_dir, "--storage-path", tmp_path / "file" / "runs", "--preset", "smoke")
     assert result.returncode == 2 and "cannot write the experiment to" in result.stderr
+
+
+def test_the_default_preset_follows_the_hardware_and_the_budget(data_dir, tmp_path):
+    import torch
+
+    assert settings("--budget 30m", data_dir, tmp_path).preset == "quick"
+    assert settings("--budget 30m", data_dir, tmp_path).budget_s == 1800
+    assert settings("", data_dir, tmp_path).preset == ("full" if torch.cuda.is_available() else "quick")
+    assert settings("--budget none", data_dir, tmp_path).budget_s is None
+    assert settings("--preset full --budget 10m", data_dir, tmp_path).budget_s == 600
