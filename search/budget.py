@@ -39,6 +39,11 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def parse_budget(text: str) -> float | None:
+    """``--budget``'s value in seconds (``parse_duration``), or None for ``NO_BUDGET``."""
+    return None if text.strip().lower() == NO_BUDGET else parse_duration(text)
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds >= 3600:

@@ -160,13 +160,10 @@ def main(args: argparse.Namespace) -> int:
         "normalization": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "applied": "inside the model"},
         "outputs": {"age": "years", "p_female": "probability that the face is female (UTKFace gender 1)"},
     }, indent=2) + "\n")
-    if ensemble:
-        metrics = {k: ensemble[k] for k in ("test_gender_acc", "test_age_mae", "objective")}
-        metrics.update(arch=arch, members=ensemble["members"], selection=ensemble["selection"], split=str(split_file))
-    else:
-        metrics = {k: entry[k] for k in ("test_gender_acc", "test_age_mae", "objective")}
-        metrics.update(arch=arch, trial_id=entry["trial_id"], seed=entry["seed"], selection=entry["selection"],
-                       split=str(split_file))
+    source = ensemble or entry
+    metrics = {k: source[k] for k in ("test_gender_acc", "test_age_mae", "objective")}
+    metrics.update(arch=arch, selection=source["selection"], split=str(split_file))
+    metrics.update({"members": ensemble["members"]} if ensemble else {"trial_id": entry["trial_id"], "seed": entry["seed"]})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     module = Exported(model).eval()

@@ -13,8 +13,8 @@ from search.trainable import CHECKPOINT_FILE, PLACEMENT
 
 STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED = "completed", "stopped_early", "failed"
 TRIALS_FILE, BEST_CONFIG_FILE, PLAN_FILE = "trials.csv", "best_config.json", "search_plan.json"
-LOCAL_COLUMNS = ("trial_path", "best_checkpoint")
-SCORE_COLUMN = f"score_{METRIC}"  # what trials are ranked by: experiments.objective.selection_score  # where a trial's files are: the manifest's, not trials.csv's
+LOCAL_COLUMNS = ("trial_path", "best_checkpoint")  # where a trial's files are: the manifest's, not trials.csv's
+SCORE_COLUMN = f"score_{METRIC}"  # what trials are ranked by: experiments.objective.selection_score
 
 
 def read_trials(path: Path) -> pd.DataFrame:

@@ -136,22 +136,24 @@ def collect(grid, configs: list[dict[str, Any]], test: Faces) -> tuple[pd.DataFr
     return pd.DataFrame(rows), predictions
 
 
+def top_rank_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The completed runs of the best-ranked configuration that has any, by seed (empty when none completed)."""
+    done = runs[runs["status"] == STATUS_COMPLETED] if len(runs) else runs
+    if done.empty:
+        return done
+    return done[done["rank"] == done["rank"].min()].sort_values("seed")
+
+
 def mark_best(runs: pd.DataFrame) -> pd.Series | None:
     """The model to export: the search's top configuration, its seed with the lowest final training loss."""
-    done = runs[runs["status"] == STATUS_COMPLETED]
-    if done.empty:
-        return None
-    top = done[done["rank"] == done["rank"].min()]
-    return top.loc[top["final_train_loss"].idxmin()]
+    top = top_rank_runs(runs)
+    return None if top.empty else top.loc[top["final_train_loss"].idxmin()]
 
 
 def ensemble_predictions(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """(members, test predictions) of the ensemble: every completed seed of the best-ranked configuration, their
     ages and P(female) averaged per face (``models.Ensemble`` computes the same in one graph). None below 2 seeds."""
-    done = runs[runs["status"] == STATUS_COMPLETED] if len(runs) else runs
-    if done.empty:
-        return None
-    members = done[done["rank"] == done["rank"].min()].sort_values("seed")
+    members = top_rank_runs(runs)
     if len(members) < 2:
         return None
     frames = [predictions[t] for t in members["trial_id"]]

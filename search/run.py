@@ -275,27 +275,26 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
     top_k, n_seeds = s.retrain_top_k, s.retrain_seeds
     experiment = s.experiment_dir(f"{arch}-retrain")
     resume = tune.Tuner.can_restore(experiment)
+    ranked = best_configs(trials, data.base_config, k=s.retrain_top_k)
     stopper = None
     if s.budget_s is not None:
         from search.budget import BudgetStopper, Ledger, format_duration, plan_retrain
 
-        ledger = Ledger(s.root, s.budget_s)
-        left = ledger.retrain_seconds(s.archs, arch)
-        ledger.set_limit(f"{arch}/retrain", None)  # planned to fit; its time is recorded, a started run never cut
-        best = best_configs(trials, data.base_config, k=1)
-        if best and not resume:
+        # the retraining has no limit in the ledger: it is planned to fit, its time recorded, a started run never cut
+        left = Ledger(s.root, s.budget_s).retrain_seconds(s.archs, arch)
+        if ranked and not resume:
             # one retraining run: the search's measured epoch time, scaled to train+val, for the full epochs
             split = data.split
             scale = (len(split.train) + len(split.val)) / max(1, len(split.train))
-            row = trials[trials["trial_id"] == best[0]["trial_id"]].iloc[0]
-            run_seconds = float(row["iter_seconds"]) * scale * best[0]["config"]["epochs"]
+            row = trials[trials["trial_id"] == ranked[0]["trial_id"]].iloc[0]
+            run_seconds = float(row["iter_seconds"]) * scale * ranked[0]["config"]["epochs"]
             plan = plan_retrain(left, run_seconds, concurrency, s.retrain_top_k, s.retrain_seeds)
             top_k, n_seeds = plan.configs, plan.seeds
             print(f"{arch}: {format_duration(left)} of the budget left for retraining; a run takes about "
                   f"{format_duration(run_seconds)}: {plan.configs} configuration(s) × {plan.seeds} seed(s)"
                   + (f" ({plan.note})" if plan.note else ""))
         stopper = BudgetStopper(s.root, f"{arch}/retrain")
-    picked = best_configs(trials, data.base_config, k=top_k)
+    picked = ranked[:top_k]
     if not picked:
         print(f"{arch}: every search trial failed; nothing to retrain")
         return None

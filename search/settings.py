@@ -30,14 +30,6 @@ SETTINGS_FILE = "search_settings.json"
 # --budget alone, the quick preset's sizes and spaces under the given budget
 GPU_PRESET, CPU_PRESET = "full", "quick"
 
-
-def default_preset(args: argparse.Namespace) -> str:
-    """The preset a run without --preset starts from (see GPU_PRESET, CPU_PRESET)."""
-    if getattr(args, "budget", None) is not None:
-        return CPU_PRESET
-    import torch
-
-    return GPU_PRESET if args.address or torch.cuda.is_available() else CPU_PRESET
 ARCHS = ("scratch", "pretrained")
 ARCH_CHOICES = (*ARCHS, "both")
 STAGES = ("all", "search", "retrain", "report")
@@ -52,6 +44,15 @@ SET_OWNED = {"image_size": "image_size", "max_images": "max_images", "seed": "se
              "cache_dir": "cache_dir", "weights_path": "weights", "epochs": "max_epochs"}
 SET_REFUSED = {"arch": "choose architectures with --arch",
                "train_on_val": "the retraining stage sets it; the search must keep the validation split"}
+
+
+def default_preset(args: argparse.Namespace) -> str:
+    """The preset a run without --preset starts from (see GPU_PRESET, CPU_PRESET)."""
+    if getattr(args, "budget", None) is not None:
+        return CPU_PRESET
+    import torch
+
+    return GPU_PRESET if args.address or torch.cuda.is_available() else CPU_PRESET
 
 
 class UsageError(ValueError):
@@ -215,10 +216,10 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         if key == "archs":
             value = tuple(ARCHS) if value == "both" else (value,)
         elif key == "budget_s":
-            from search.budget import NO_BUDGET, parse_duration
+            from search.budget import parse_budget
 
             try:
-                value = None if value.strip().lower() == NO_BUDGET else parse_duration(value)
+                value = parse_budget(value)
             except ValueError as err:
                 raise UsageError(str(err)) from None
         elif key in PATH_FIELDS:

@@ -88,8 +88,12 @@ def point_in_space(values: dict[str, Any], space: dict[str, Any]) -> dict[str, A
         value = values[name]
         if isinstance(dist, Categorical):
             numeric = all(isinstance(c, (int, float)) for c in dist.choices) and isinstance(value, (int, float))
-            point[name] = (min(dist.choices, key=lambda c: abs(c - value)) if numeric and value not in dist.choices
-                           else value if value in dist.choices else dist.choices[0])
+            if value in dist.choices:
+                point[name] = value
+            elif numeric:
+                point[name] = min(dist.choices, key=lambda c: abs(c - value))
+            else:
+                point[name] = dist.choices[0]
         else:
             point[name] = type(dist.low)(min(max(value, dist.low), dist.high))
     return point
