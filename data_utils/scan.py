@@ -106,6 +106,21 @@ def parse_name(name: str) -> FaceLabel:
     return FaceLabel(age=age, gender=gender, race=int(m["race"]) if m["race"] is not None else None)
 
 
+# UTKFace's race field, named as the dataset's authors name the groups; a name without one (or with another
+# value) is in RACE_UNKNOWN
+RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
+RACE_UNKNOWN = "unknown"
+
+
+def race_group(name: str) -> str:
+    """The race group a UTKFace file name gives (``RACES``), or ``RACE_UNKNOWN``."""
+    try:
+        race = parse_name(name).race
+    except LabelError:
+        return RACE_UNKNOWN
+    return RACES.get(race, RACE_UNKNOWN)
+
+
 AGE_BANDS = ((1, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 116))
 
 

@@ -10,6 +10,7 @@ so that a resumed run (``--resume``) gets only what is left.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -60,13 +61,15 @@ class Ledger:
         self.budget_s = budget_s if budget_s is not None else saved.get("budget_s")
         self.spent: dict[str, float] = {k: float(v) for k, v in saved.get("spent", {}).items()}
         self.limits: dict[str, float | None] = saved.get("limits", {})
+        # arch → epochs of its retraining runs, when the plan shortened them (a resumed retraining keeps them)
+        self.retrain_epochs: dict[str, int] = saved.get("retrain_epochs", {})
 
     def total_spent(self) -> float:
         return sum(self.spent.values())
 
     def _write(self) -> None:
-        self.path.write_text(json.dumps({"budget_s": self.budget_s, "spent": self.spent, "limits": self.limits},
-                                        indent=2) + "\n")
+        self.path.write_text(json.dumps({"budget_s": self.budget_s, "spent": self.spent, "limits": self.limits,
+                                         "retrain_epochs": self.retrain_epochs}, indent=2) + "\n")
 
     def record(self, stage: str, seconds: float) -> None:
         self.spent[stage] = seconds
@@ -75,6 +78,10 @@ class Ledger:
     def set_limit(self, stage: str, seconds: float | None) -> None:
         """What ``stage`` may spend in all (None: no limit, its time is only recorded); read by its stopper."""
         self.limits[stage] = seconds
+        self._write()
+
+    def set_retrain_epochs(self, arch: str, epochs: int) -> None:
+        self.retrain_epochs[arch] = int(epochs)
         self._write()
 
     def arch_share(self, archs: tuple[str, ...], arch: str) -> float:
@@ -139,20 +146,52 @@ class RetrainPlan:
     waves: int
     seconds: float  # projected
     note: str
+    epochs: int | None = None  # epochs of each retraining run (None: as configured)
 
 
-def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_configs: int,
-                 max_seeds: int) -> RetrainPlan:
-    """How many configurations × seeds of ``run_seconds`` each fit in ``seconds_left`` with ``concurrency`` at once.
+# the retraining may shorten its runs to this fraction of the configured epochs when that lets more seeds of the
+# best configuration in: an ensemble of 4 seeds beat single seeds by 0.6–1.2 points (README, "Recipe"), far more
+# than the last quarter of an annealed schedule moved a single seed
+MIN_EPOCH_FRACTION = 0.75
+# ... and down to this fraction when not even one wave of full runs fits what is left: the budget is the user's
+MIN_EPOCH_FRACTION_TO_FIT = 0.5
 
-    Seeds of the best configuration come first (they make the exported ensemble), then further configurations;
-    at least one run is always planned, even if it overruns the budget (a search must hand over a model).
-    """
+
+def _fit(seconds_left: float, run_seconds: float, concurrency: int, max_configs: int, max_seeds: int
+         ) -> tuple[int, int, int]:
     waves = max(1, math.floor(seconds_left / run_seconds)) if run_seconds > 0 else 1
     runs = max(1, min(waves * concurrency, max_configs * max_seeds))
     seeds = min(max_seeds, runs)
     configs = max(1, min(max_configs, runs // seeds))
-    used = math.ceil(configs * seeds / concurrency)
-    note = "" if run_seconds * used <= seconds_left else \
-        f"one retraining run ({run_seconds:.0f} s) is longer than the {seconds_left:.0f} s left; it runs anyway"
-    return RetrainPlan(configs, seeds, used, used * run_seconds, note)
+    return configs, seeds, math.ceil(configs * seeds / concurrency)
+
+
+def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_configs: int,
+                 max_seeds: int, epochs: int | None = None) -> RetrainPlan:
+    """How many configurations × seeds of ``run_seconds`` each fit in ``seconds_left`` with ``concurrency`` at once.
+
+    Seeds of the best configuration come first (they make the exported ensemble), then the epochs, then further
+    configurations. Given ``epochs``, runs may be shortened: to ``MIN_EPOCH_FRACTION`` of them when that fits more
+    seeds, and to ``MIN_EPOCH_FRACTION_TO_FIT`` when not even one wave of full runs fits. At least one wave is
+    always planned, even if it overruns the budget (a search must hand over a model).
+    """
+    def option(e: int | None) -> RetrainPlan:
+        seconds = run_seconds * (e / epochs if epochs else 1.0)
+        configs, seeds, waves = _fit(seconds_left, seconds, concurrency, max_configs, max_seeds)
+        return RetrainPlan(configs, seeds, waves, waves * seconds, "", e)
+
+    if not epochs:
+        plan = option(None)
+    else:
+        lowest = max(1, math.ceil(MIN_EPOCH_FRACTION_TO_FIT * epochs))
+        fitting = [option(e) for e in range(epochs, lowest - 1, -1)]
+        fitting = [p for p in fitting if p.seconds <= seconds_left]
+        if not fitting or fitting[0].epochs != epochs:  # full runs do not fit: the longest runs that do, if any
+            plan = fitting[0] if fitting else option(epochs)
+        else:
+            floor = math.ceil(MIN_EPOCH_FRACTION * epochs)
+            plan = max((p for p in fitting if p.epochs >= floor), key=lambda p: (p.seeds, p.epochs, p.configs))
+    if plan.seconds > seconds_left:
+        plan = dataclasses.replace(plan, note=f"one retraining run ({plan.seconds / plan.waves:.0f} s) is longer than "
+                                              f"the {seconds_left:.0f} s left; it runs anyway")
+    return plan

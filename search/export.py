@@ -3,8 +3,11 @@
     python search/export.py --experiment runs/quick [--arch scratch|pretrained] [--format onnx,torchscript] [--out DIR]
 
 The exported graphs take RGB images as float N×3×S×S in [0, 1] (normalisation is inside the model) and
-return (age in years, P(female)). Before declaring success the ONNX graph is run with onnxruntime, and the
-TorchScript module with torch, on real face crops and compared with the PyTorch model.
+return (age in years, P(female)), P(female) temperature-scaled. ``calibration.json`` holds the temperature and the
+split-conformal age interval (``experiments.calibration``), both fitted on the model's predictions for the
+retraining's held-out test split, with their check on random halves of it. Before declaring success the ONNX graph
+is run with onnxruntime, and the TorchScript module with torch, on real face crops and compared with the PyTorch
+model.
 """
 import os
 import sys
@@ -25,6 +28,7 @@ from torch import nn  # noqa: E402
 from data_utils.cache import decode_file  # noqa: E402
 from data_utils.dataset import resolve_data_dir  # noqa: E402
 from data_utils.scan import ScanReport, list_files  # noqa: E402
+from experiments.calibration import DEFAULT_COVERAGE, calibrate  # noqa: E402
 from experiments.train import load_model  # noqa: E402
 from models import Ensemble  # noqa: E402
 from models.heads import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -33,18 +37,21 @@ from search import manifest  # noqa: E402
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-3  # max abs difference allowed on age (years) and on P(female)
 CHECK_IMAGES = 64
+CALIBRATION_FILE = "calibration.json"
 
 
 class Exported(nn.Module):
-    """The model as exported: (age, P(female)) instead of a logit, so users need no sigmoid."""
+    """The model as exported: (age, P(female)) instead of a logit, so users need no sigmoid; the logit is divided
+    by the calibration's temperature first (the decision at P = 0.5 is unchanged)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         age, logit = self.model(image)
-        return age, torch.sigmoid(logit)
+        return age, torch.sigmoid(logit / self.temperature)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,6 +64,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="export the marked single model, not the ensemble of the top configuration's retrained seeds")
     p.add_argument("--out", default=None, help="export folder (default: <experiment>/export/<arch>)")
     p.add_argument("--data", default=None, help="face crops for the ONNX check (default: the experiment's data folder)")
+    p.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE,
+                   help=f"the age interval's coverage that predict uses by default (default: {DEFAULT_COVERAGE})")
     return p
 
 
@@ -129,6 +138,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         if unknown:
             raise ExportError(f"unknown format(s) {', '.join(unknown)}; valid: {', '.join(FORMATS)}")
+        if not 0 < args.coverage < 1:
+            raise ExportError(f"--coverage {args.coverage}: give a level between 0 and 1, e.g. 0.9")
         if not experiment.is_dir():
             raise ExportError(f"experiment folder {experiment} does not exist")
         arch, entry = marked_model(experiment, args.arch)
@@ -142,9 +153,13 @@ def main(args: argparse.Namespace) -> int:
         split_file = experiment / "split.json"
         run = next((r for r in manifest.require(experiment, arch, "retrain")["runs"]
                     if r["trial_id"] == entry["trial_id"]), {})
-        predictions = manifest.locate(experiment, run.get("predictions"))
-        test_names = pd.read_csv(predictions)["name"].tolist() if predictions is not None and predictions.is_file() else []
-        images = check_images(data_dir, cfg.image_size, test_names)
+        predictions = manifest.locate(experiment, (ensemble or run).get("predictions"))
+        if predictions is None or not predictions.is_file():
+            raise ExportError(f"the test predictions {predictions or ''} of the {arch} model, listed in "
+                              f"{experiment / manifest.MANIFEST_FILE}, are missing; rerun the retraining with "
+                              "`--stage retrain`")
+        held_out = pd.read_csv(predictions)
+        images = check_images(data_dir, cfg.image_size, held_out["name"].tolist())
     except (ExportError, manifest.ManifestError, FileNotFoundError, NotADirectoryError, PermissionError,
             ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -165,8 +180,13 @@ def main(args: argparse.Namespace) -> int:
     metrics.update(arch=arch, selection=source["selection"], split=str(split_file))
     metrics.update({"members": ensemble["members"]} if ensemble else {"trial_id": entry["trial_id"], "seed": entry["seed"]})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    calibration = calibrate(held_out["age"], held_out["pred_age"], held_out["gender"] == 1, held_out["p_female"],
+                            args.coverage)
+    calibration["calibrated_on"] = (f"the {len(held_out)} faces of the retraining's test split ({split_file}), "
+                                    "which the exported model never trained on")
+    (out / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
 
-    module = Exported(model).eval()
+    module = Exported(model, calibration["temperature"]).eval()
     with torch.no_grad():
         reference = tuple(t.numpy() for t in module(images))
     checks = {"images": int(images.shape[0]), "tolerance": TOLERANCE}

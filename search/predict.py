@@ -1,12 +1,19 @@
-"""Predict age and gender for face crops with an exported model; on the CPU, without Ray.
+"""Predict age and gender for faces with an exported model; on the CPU, without Ray.
 
-    python search/predict.py --model runs/quick/export/pretrained face1.jpg face2.png
-    python search/predict.py --model EXPORT_DIR --data DIR [--out predictions.csv] [--evaluate]
+    python search/predict.py --model runs/quick/export/pretrained group_photo.jpg --annotate annotated/
+    python search/predict.py --model EXPORT_DIR --data DIR [--out predictions.csv|.json] [--evaluate]
 
-Images of any size and mode are prepared exactly as in training (``data_utils.cache.decode_face``). A file
-that cannot be read is reported and skipped; the exit code is non-zero only when nothing was predicted.
-With ``--evaluate`` the folder's UTKFace names give the true labels, under the training's parsing, skipping
-and de-duplication rules, and a JSON line with n, gender accuracy and age MAE is printed.
+Two ways to read an image:
+- crops (the default for UTKFace-named folders and ``--evaluate``; ``--crops`` forces it): each image is one face,
+  prepared exactly as in training (``data_utils.cache.decode_face``);
+- detection (the default otherwise; ``--detect`` forces it): faces are found in photos of any size and aligned to
+  UTKFace's crop geometry (``data_utils.faces``), one row per face with its box and landmarks.
+Each row has the age, its interval (``age_low``..``age_high``, split-conformal at the export's coverage or
+``--coverage``) and a calibrated P(female). A file that cannot be read, or a photo with no face, is reported and
+counted; the exit code is non-zero only when nothing was predicted. With ``--evaluate`` the folder's UTKFace names
+give the true labels, under the training's parsing, skipping and de-duplication rules, and a JSON line with n,
+gender accuracy, age MAE, the intervals' empirical coverage and width, and the figures per race group and per
+gender × race group (bootstrap intervals) is printed.
 """
 import os
 import sys
@@ -21,26 +28,46 @@ from collections import Counter  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from data_utils.cache import decode_file, decode_workers  # noqa: E402
-from data_utils.scan import ScanReport, list_files, scan_folder  # noqa: E402
+from data_utils.cache import DecodeError, decode_file, decode_workers  # noqa: E402
+from data_utils.faces import DEFAULT_DETECTOR, DETECTORS, check_detector, photo_faces  # noqa: E402
+from data_utils.scan import LabelError, ScanReport, list_files, parse_name, scan_folder  # noqa: E402
+from experiments.calibration import age_interval, conformal_halfwidth  # noqa: E402
 from experiments.config import TrainConfig  # noqa: E402
+from experiments.groups import fairness  # noqa: E402
 from experiments.objective import gender_accuracy, predicted_female  # noqa: E402
 from models import Ensemble, build_model  # noqa: E402
+from search.export import CALIBRATION_FILE, Exported  # noqa: E402
 
 EXPORT_FILES = ("config.json", "model.pt", "preprocessing.json")
+OUTPUT_FORMATS = (".csv", ".json")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Predict age and gender for face crops with an exported model.")
+    p = argparse.ArgumentParser(description="Predict age and gender for faces with an exported model.")
     p.add_argument("--model", required=True, help="export folder written by search/export.py")
     p.add_argument("images", nargs="*", help="image files to predict")
     p.add_argument("--data", default=None, help="a folder of images to predict (instead of listing files)")
-    p.add_argument("--out", default="predictions.csv", help="CSV of predictions (default: predictions.csv)")
+    p.add_argument("--out", default="predictions.csv",
+                   help="predictions, one row per face: .csv or .json (default: predictions.csv)")
     p.add_argument("--evaluate", action="store_true",
-                   help="with --data of UTKFace-named files: print JSON with n, gender accuracy and age MAE")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+                   help="with --data of UTKFace-named files: print JSON with n, gender accuracy, age MAE, the "
+                        "intervals' coverage and the figures per group")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--detect", action="store_true",
+                      help="find and align the faces in each image (default unless the images have UTKFace names)")
+    mode.add_argument("--crops", action="store_true",
+                      help="each image is one face crop (default for UTKFace-named images and --evaluate)")
+    p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=tuple(DETECTORS),
+                   help=f"face detector for --detect (default: {DEFAULT_DETECTOR})")
+    p.add_argument("--annotate", default=None, metavar="DIR",
+                   help="write each image to DIR with its faces' boxes, ages and genders drawn")
+    p.add_argument("--coverage", type=float, default=None,
+                   help="coverage of the age interval, e.g. 0.8 (default: the export's, see its calibration.json)")
+    p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default: 64)")
     return p
 
 
@@ -76,9 +103,21 @@ def load_export(folder: str | os.PathLike) -> tuple[torch.nn.Module, TrainConfig
     return model.eval(), cfg
 
 
+def load_calibration(folder: str | os.PathLike) -> dict | None:
+    """The export's ``calibration.json`` (temperature, age errors for the interval), or None for an older export."""
+    path = Path(folder).expanduser() / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ExportFolderError(f"{path} is not valid JSON ({err}); export the model again") from None
+
+
 @torch.no_grad()
 def predict_files(model: torch.nn.Module, paths: list[Path], size: int, batch_size: int = 64):
-    """Yield (path, age, p_female) for each decodable file and (path, None, reason) for the others, in order."""
+    """Crops: yield (path, age, p_female) for each decodable file and (path, None, reason) for the others, in
+    order. ``model`` returns (age, P(female)) (``search.export.Exported``)."""
     with ThreadPoolExecutor(decode_workers()) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
@@ -87,13 +126,113 @@ def predict_files(model: torch.nn.Module, paths: list[Path], size: int, batch_si
             results = {}
             if good:
                 x = torch.stack([decoded[i][0] for i in good]).float() / 255
-                age, logit = model(x)
-                results = dict(zip(good, zip(age.tolist(), torch.sigmoid(logit).tolist())))
+                age, prob = model(x)
+                results = dict(zip(good, zip(age.tolist(), prob.tolist())))
             for i, path in enumerate(chunk):
                 if i in results:
                     yield path, results[i][0], results[i][1]
                 else:
                     yield path, None, decoded[i][1]
+
+
+@torch.no_grad()
+def predict_photos(model: torch.nn.Module, paths: list[Path], size: int, detector: str, batch_size: int = 64):
+    """Detection: yield (path, faces, ages, p_females) for each photo with a face, (path, None, reason, None) for
+    the others (unreadable, or no face found), in order."""
+    pending: list[tuple[Path, list, list]] = []
+
+    def flush():
+        tensors = [t for _, _, ts in pending for t in ts]
+        ages, probs = [], []
+        for start in range(0, len(tensors), batch_size):
+            age, prob = model(torch.stack(tensors[start:start + batch_size]).float() / 255)
+            ages += age.tolist()
+            probs += prob.tolist()
+        at = 0
+        for path, faces, ts in pending:
+            yield path, faces, ages[at:at + len(ts)], probs[at:at + len(ts)]
+            at += len(ts)
+        pending.clear()
+
+    for path in paths:
+        try:
+            faces, tensors, _ = photo_faces(path, size, detector)
+        except DecodeError as err:
+            yield from flush()
+            yield path, None, err.reason, None
+            continue
+        if not faces:
+            yield from flush()
+            yield path, None, "no_face_found", None
+            continue
+        pending.append((path, faces, tensors))
+        if sum(len(ts) for _, _, ts in pending) >= batch_size:
+            yield from flush()
+    yield from flush()
+
+
+def has_utkface_name(path: Path) -> bool:
+    try:
+        parse_name(path.name)
+        return True
+    except LabelError:
+        return False
+
+
+def annotate(path: Path, rows: list[dict], out_dir: Path) -> None:
+    """``path`` with each face's box and label drawn, as ``out_dir/<name>.jpg``."""
+    from PIL import ImageDraw
+
+    from data_utils.faces import read_photo
+
+    img = read_photo(path)
+    draw = ImageDraw.Draw(img)
+    width = max(2, round(max(img.size) / 400))
+    for row in rows:
+        x, y, w, h = (row.get(k, d) for k, d in (("box_x", 0), ("box_y", 0), ("box_w", img.width), ("box_h", img.height)))
+        colour = (230, 60, 140) if row["gender"] == "female" else (40, 120, 230)
+        draw.rectangle((x, y, x + w, y + h), outline=colour, width=width)
+        label = (f"{row['gender']} {max(row['p_female'], 1 - row['p_female']):.0%}, {row['age']:.0f}"
+                 + (f" ({row['age_low']:.0f}-{row['age_high']:.0f})" if row.get("age_low") is not None else ""))
+        size = max(12, round(min(w, img.width / 3) / 9))
+        left, upper, right, lower = draw.textbbox((0, 0), label, font_size=size)
+        top = max(0, y - (lower - upper) - 2 * width)
+        draw.rectangle((x, top, x + (right - left) + 2 * width, top + (lower - upper) + 2 * width), fill=colour)
+        draw.text((x + width, top + width - upper), label, fill=(255, 255, 255), font_size=size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    img.save(out_dir / f"{path.stem}.jpg", quality=90)
+
+
+def write_rows(rows: list[dict], out: Path) -> None:
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(rows, indent=1) + "\n")
+        return
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def evaluation(rows: list[dict], skipped: Counter, coverage: float | None) -> dict:
+    """The ``--evaluate`` JSON: overall, the age intervals' coverage, and per group."""
+    n = len(rows)
+    acc = gender_accuracy([r["p_female"] for r in rows], [r["true_gender"] for r in rows])
+    mae = sum(abs(r["age"] - r["true_age"]) for r in rows) / n
+    out = {"n": n, "gender_acc": round(acc, 4), "age_mae": round(mae, 3)}
+    if coverage is not None and all(r.get("age_high") is not None for r in rows):
+        inside = [r["age_low"] <= r["true_age"] <= r["age_high"] for r in rows]
+        out["age_interval"] = {"nominal_coverage": coverage, "coverage": round(float(np.mean(inside)), 4),
+                               "mean_width": round(float(np.mean([r["age_high"] - r["age_low"] for r in rows])), 3)}
+    frame = pd.DataFrame({"name": [Path(r["file"]).name for r in rows], "age": [r["true_age"] for r in rows],
+                          "gender": [r["true_gender"] for r in rows], "pred_age": [r["age"] for r in rows],
+                          "p_female": [r["p_female"] for r in rows]})
+    groups = {}
+    for label, part in fairness(frame).items():
+        groups[label] = {"table": json.loads(part["table"].round(4).to_json(orient="records")), "gaps": part["gaps"]}
+    out["groups"] = groups
+    out["skipped"] = dict(sorted(skipped.items()))
+    return out
 
 
 def empty_folder_message(folder: Path, report: ScanReport, evaluate: bool) -> str:
@@ -110,10 +249,15 @@ def empty_folder_message(folder: Path, report: ScanReport, evaluate: bool) -> st
 def main(args: argparse.Namespace) -> int:
     try:
         model, cfg = load_export(args.model)
+        calibration = load_calibration(args.model)
         if args.data and args.images:
             raise ValueError("give image files or --data DIR, not both")
         if args.evaluate and not args.data:
             raise ValueError("--evaluate needs --data DIR with UTKFace-named files")
+        if args.coverage is not None and not 0 < args.coverage < 1:
+            raise ValueError(f"--coverage {args.coverage}: give a level between 0 and 1, e.g. 0.9")
+        if Path(args.out).suffix.lower() not in OUTPUT_FORMATS:
+            raise ValueError(f"--out {args.out}: name a {' or '.join(OUTPUT_FORMATS)} file")
         labels, skipped = {}, Counter()
         if args.data:
             folder = Path(args.data).expanduser().resolve()
@@ -139,32 +283,72 @@ def main(args: argparse.Namespace) -> int:
     except (ExportFolderError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    rows, errors = [], 0
-    for path, age, p_female in predict_files(model, paths, cfg.image_size, args.batch_size):
-        if age is None:
-            errors += 1
-            skipped[p_female] += 1
-            print(f"skipped {path}: {p_female}", file=sys.stderr)
-            continue
-        row = {"file": str(path), "age": age, "p_female": p_female,
-               "gender": "female" if predicted_female(p_female) else "male"}
+    named = sum(has_utkface_name(p) for p in paths)
+    detect = args.detect or not (args.crops or args.evaluate or 2 * named >= len(paths))
+    if detect:
+        try:
+            check_detector(args.detector)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    print(f"faces: {'detected and aligned' if detect else 'each image is a crop'} ({named} of {len(paths)} image(s) "
+          f"have UTKFace names; {'--crops' if detect else '--detect'} for the other way)", file=sys.stderr)
+    temperature = calibration["temperature"] if calibration else 1.0
+    coverage = args.coverage or (calibration or {}).get("coverage")
+    halfwidth = conformal_halfwidth(calibration["abs_errors"], coverage) if calibration else None
+    if calibration is None:
+        print(f"note: {args.model} has no {CALIBRATION_FILE} (an older export): no age interval, P(female) as the "
+              "model gives it; export the model again for both", file=sys.stderr)
+    exported = Exported(model, temperature).eval()
+
+    def result(path: Path, age: float, p_female: float, extra: dict) -> dict:
+        low, high = age_interval(np.array([age]), halfwidth) if halfwidth is not None else ([None], [None])
+        row = {"file": str(path), **extra, "age": age,
+               "age_low": None if low[0] is None else float(low[0]),
+               "age_high": None if high[0] is None or not np.isfinite(high[0]) else float(high[0]),
+               "p_female": p_female, "gender": "female" if predicted_female(p_female) else "male"}
         if path in labels:
             row["true_age"], row["true_gender"] = labels[path]
-        rows.append(row)
+        return row
+
+    rows: list[dict] = []
+    by_file: dict[Path, list[dict]] = {}
+    if detect:
+        produced = predict_photos(exported, paths, cfg.image_size, args.detector, args.batch_size)
+        for path, faces, ages, probs in produced:
+            if faces is None:
+                skipped[ages] += 1
+                print(f"skipped {path}: {ages}", file=sys.stderr)
+                continue
+            for i, (face, age, p_female) in enumerate(zip(faces, ages, probs)):
+                x, y, w, h = (round(v, 1) for v in face.box)
+                marks = " ".join(f"{v:.1f}" for v in face.landmarks.ravel())
+                by_file.setdefault(path, []).append(result(path, age, p_female, {
+                    "face": i, "box_x": x, "box_y": y, "box_w": w, "box_h": h, "landmarks": marks,
+                    "detection_score": round(face.score, 4)}))
+    else:
+        for path, age, p_female in predict_files(exported, paths, cfg.image_size, args.batch_size):
+            if age is None:
+                skipped[p_female] += 1
+                print(f"skipped {path}: {p_female}", file=sys.stderr)
+                continue
+            by_file[path] = [result(path, age, p_female, {})]
+    for path, found in by_file.items():
+        rows += found
+        if args.annotate:
+            try:
+                annotate(path, found, Path(args.annotate).expanduser())
+            except (OSError, DecodeError) as err:
+                print(f"could not annotate {path}: {err}", file=sys.stderr)
     if rows:
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    print(f"predicted {len(rows)} image(s), skipped {sum(skipped.values())}"
+        write_rows(rows, Path(args.out))
+    what = f"{len(rows)} face(s) in {len(by_file)} image(s)" if detect else f"{len(rows)} image(s)"
+    print(f"predicted {what}, skipped {sum(skipped.values())}"
           + (f" ({', '.join(f'{n} {r}' for r, n in sorted(skipped.items()))})" if skipped else "")
-          + (f" → {args.out}" if rows else ""), file=sys.stderr)
+          + (f" → {args.out}" if rows else "") + (f"; drawn in {args.annotate}" if rows and args.annotate else ""),
+          file=sys.stderr)
     if args.evaluate and rows:
-        n = len(rows)
-        acc = gender_accuracy([r["p_female"] for r in rows], [r["true_gender"] for r in rows])
-        mae = sum(abs(r["age"] - r["true_age"]) for r in rows) / n
-        print(json.dumps({"n": n, "gender_acc": round(acc, 4), "age_mae": round(mae, 3),
-                          "skipped": dict(sorted(skipped.items()))}))
+        print(json.dumps(evaluation(rows, skipped, coverage if halfwidth is not None else None)))
     return 0 if rows else 1
 
 

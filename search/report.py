@@ -27,7 +27,9 @@ import torch  # noqa: E402
 
 from data_utils.dataset import Faces, Split  # noqa: E402
 from data_utils.scan import AGE_BANDS, age_band  # noqa: E402
+from experiments.calibration import CHECK_SPLITS, DEFAULT_COVERAGE, calibrate  # noqa: E402
 from experiments.config import TrainConfig, load_config_file  # noqa: E402
+from experiments.groups import MIN_GROUP_FACES, fairness  # noqa: E402
 from experiments.objective import METRIC, REFERENCE_AGE_MAE, REFERENCE_GENDER_ERROR, predicted_female  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
 from search import manifest  # noqa: E402
@@ -41,7 +43,8 @@ ARCHS = ("scratch", "pretrained")
 LABELS = {"scratch": "Model A (scratch CNN)", "pretrained": "Model B (pretrained MobileNetV2)"}
 STUDY = {"scratch": ("86–87%", "6–6.5", "seed_a"), "pretrained": ("82–83%", "8–8.5", "seed_b")}
 SECTIONS = ("1. Headline", "2. Best configurations", "3. Learning curves", "4. All trials",
-            "5. Hyperparameter importance", "6. Error analysis (test split)", "7. Environment and reproduction")
+            "5. Hyperparameter importance", "6. Error analysis (test split)",
+            "7. How sure, and for whom (test split)", "8. Environment and reproduction")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,6 +135,7 @@ class ArchResults:
     runs: pd.DataFrame  # retrain_runs.csv (may be empty)
     best_model: dict[str, Any] | None
     ensemble: dict[str, Any] | None  # the retrained seeds of the top configuration, averaged
+    ensemble_predictions: pd.DataFrame | None
     retrain_histories: dict[str, pd.DataFrame]
     predictions: dict[str, pd.DataFrame]
     missing: list[str]  # files the manifest lists that are not there
@@ -199,7 +203,18 @@ def load_arch(root: Path, arch: str) -> ArchResults | None:
     return ArchResults(arch, read_trials(trials_csv), _histories(root, search["trials"], missing), plan, study,
                        _read_csv(manifest.locate(root, retrain.get("summary"))),
                        _read_csv(manifest.locate(root, retrain.get("runs_csv"))), retrain.get("best_model"),
-                       retrain.get("ensemble"), _histories(root, runs, missing), predictions, missing)
+                       retrain.get("ensemble"), _ensemble_predictions(root, retrain.get("ensemble"), missing),
+                       _histories(root, runs, missing), predictions, missing)
+
+
+def _ensemble_predictions(root: Path, ensemble: dict[str, Any] | None, missing: list[str]) -> pd.DataFrame | None:
+    if not ensemble:
+        return None
+    path = manifest.locate(root, ensemble.get("predictions"))
+    if path is None or not path.is_file():
+        missing.append(f"the ensemble's test predictions {path} are missing")
+        return None
+    return pd.read_csv(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -502,10 +517,64 @@ def error_analysis(doc: Doc, results: dict[str, ArchResults], faces: Faces, out:
         doc.image(_save(fig, out / f"worst_{arch}.png"), f"worst test predictions, {arch}")
 
 
+def exported_source(r: ArchResults) -> tuple[str, pd.DataFrame] | None:
+    """(what, test predictions) of the model ``search/export.py`` exports by default: the ensemble, else the marked
+    model."""
+    if r.ensemble_predictions is not None:
+        return f"the ensemble of its {len(r.ensemble['members'])} seeds", r.ensemble_predictions
+    if r.best_model and r.best_model["trial_id"] in r.predictions:
+        return "the marked model", r.predictions[r.best_model["trial_id"]]
+    return None
+
+
+def sureness_and_groups(doc: Doc, results: dict[str, ArchResults]) -> None:
+    doc.heading(SECTIONS[6])
+    doc.para(f"For the model each architecture exports. Age interval: split-conformal at {DEFAULT_COVERAGE:.0%}; "
+             "P(female): temperature scaling; both fitted on test-split predictions (the retrained models trained on "
+             f"train+validation) and checked on {CHECK_SPLITS} random halves of the test split, one half fitting, the "
+             "other scored (mean, and 5th–95th percentile over the halves). Groups: the race field of the UTKFace "
+             "names, and true gender × race; 95% bootstrap intervals over each group's faces.")
+    for arch, r in results.items():
+        source = exported_source(r)
+        if source is None:
+            continue
+        what, p = source
+        c = calibrate(p["age"], p["pred_age"], p["gender"] == 1, p["p_female"])
+        check = c["check"]
+
+        def span(key: str, scale: float = 1.0, digits: int = 1) -> str:
+            v = check.get(key)
+            return "—" if v is None else (f"{v['mean'] * scale:.{digits}f} ({v['p5'] * scale:.{digits}f}–"
+                                          f"{v['p95'] * scale:.{digits}f})")
+
+        doc.para(f"{LABELS[arch]}, {what}:")
+        doc.table(pd.DataFrame([
+            {"what": f"age interval coverage (%), nominal {DEFAULT_COVERAGE:.0%}", "held-out halves": span("coverage", 100)},
+            {"what": "age interval mean width (years)", "held-out halves": span("width")},
+            {"what": "gender ECE (%), before temperature scaling", "held-out halves": span("ece_before", 100, 2)},
+            {"what": f"gender ECE (%), after (T = {c['temperature']:.2f} on all {c['n']} faces)",
+             "held-out halves": span("ece_after", 100, 2)}]))
+        for label, part in fairness(p).items():
+            table = part["table"]
+            shown = table.assign(**{
+                "gender acc (%)": [f"{a:.1%} ({lo:.1%}–{hi:.1%})" for a, lo, hi in
+                                   zip(table["gender_acc"], table["acc_low"], table["acc_high"])],
+                "age MAE": [f"{m:.2f} ({lo:.2f}–{hi:.2f})" for m, lo, hi in
+                            zip(table["age_mae"], table["mae_low"], table["mae_high"])]})
+            doc.table(shown[[c for c in ("sex", "race") if c in shown] + ["faces", "gender acc (%)", "age MAE"]])
+            gaps = part["gaps"]
+            if gaps:
+                doc.para(f"Largest gaps ({'race' if label == 'race' else 'gender × race'}, groups of {MIN_GROUP_FACES}+ faces): gender "
+                         f"accuracy {gaps['gender_acc']['gap_points']:.1f} points ({gaps['gender_acc']['best']} vs "
+                         f"{gaps['gender_acc']['worst']}); age MAE {gaps['age_mae']['gap_years']:.2f} years "
+                         f"({gaps['age_mae']['worst']} vs {gaps['age_mae']['best']}). Where the groups' intervals "
+                         "overlap, the gap may be noise.")
+
+
 def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[str, ArchResults]) -> None:
     import ray
 
-    doc.heading(SECTIONS[6])
+    doc.heading(SECTIONS[7])
     gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none visible"
     rows = [("python", sys.version.split()[0]), ("platform", platform.platform()), ("processor", platform.machine()),
             ("GPUs (report machine)", gpu), ("torch", torch.__version__), ("ray", ray.__version__),
@@ -555,6 +624,7 @@ def write_report(root: Path, faces: Faces, split: Split) -> Path:
     all_trials(doc, results, out)
     importance(doc, results, out)
     error_analysis(doc, results, faces, out)
+    sureness_and_groups(doc, results)
     environment(doc, root, settings, results)
     (out / "report.md").write_text(doc.markdown())
     (out / "report.html").write_text(doc.html(f"facetune report: {root.name}"))

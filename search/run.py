@@ -230,7 +230,7 @@ def run_search(s: RunSettings, arch: str, data, gpus_per_trial: float, concurren
         print(f"{arch}: the search may spend {format_duration(limit)} of the {format_duration(s.budget_s)} budget"
               + (f" ({format_duration(ledger.spent[f'{arch}/search'])} spent before)" if ledger.spent.get(f"{arch}/search") else ""))
     plan = SearchPlan(arch=arch, experiment_dir=s.experiment_dir(arch), num_samples=s.num_samples,
-                      max_epochs=s.max_epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+                      max_epochs=s.epochs_for(arch), grace_period=s.grace_for(arch), reduction_factor=s.reduction_factor,
                       concurrency=concurrency, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                       seed=s.seed, scheduler=s.scheduler, max_failures=s.max_failures,
                       space_overrides=s.space_overrides_for(arch), optuna_storage=str(study_storage_file(local)),
@@ -240,7 +240,7 @@ def run_search(s: RunSettings, arch: str, data, gpus_per_trial: float, concurren
     (local / PLAN_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     resume = resume and tune.Tuner.can_restore(plan.experiment_dir)
     print(f"\n== {arch}: {'resuming' if resume else 'starting'} {'up to ' if s.budget_s else ''}{s.num_samples} trials × "
-          f"≤{s.max_epochs} epochs, "
+          f"≤{s.epochs_for(arch)} epochs, "
           f"{concurrency} at a time ({s.cpus_per_trial:g} CPU, {gpus_per_trial:g} GPU each) → {plan.experiment_dir}",
           flush=True)
     grid = make_tuner(plan, data, resume).fit()
@@ -248,7 +248,7 @@ def run_search(s: RunSettings, arch: str, data, gpus_per_trial: float, concurren
     if stale:
         print(f"note: {stale} Optuna trial(s) asked for never ran (the search was interrupted or its budget spent); "
               "marked failed in the study")
-    trials = trial_rows(grid, data.base_config, s.max_epochs)
+    trials = trial_rows(grid, data.base_config, s.epochs_for(arch))
     best = write_outputs(local, trials, data.base_config)
     manifest.record(s.root, arch, "search", {
         "experiment": manifest.relative(s.root, plan.experiment_dir),
@@ -281,18 +281,26 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
         from search.budget import BudgetStopper, Ledger, format_duration, plan_retrain
 
         # the retraining has no limit in the ledger: it is planned to fit, its time recorded, a started run never cut
-        left = Ledger(s.root, s.budget_s).retrain_seconds(s.archs, arch)
+        ledger = Ledger(s.root, s.budget_s)
+        left = ledger.retrain_seconds(s.archs, arch)
         if ranked and not resume:
             # one retraining run: the search's measured epoch time, scaled to train+val, for the full epochs
             split = data.split
             scale = (len(split.train) + len(split.val)) / max(1, len(split.train))
             row = trials[trials["trial_id"] == ranked[0]["trial_id"]].iloc[0]
-            run_seconds = float(row["iter_seconds"]) * scale * ranked[0]["config"]["epochs"]
-            plan = plan_retrain(left, run_seconds, concurrency, s.retrain_top_k, s.retrain_seeds)
+            full = ranked[0]["config"]["epochs"]
+            run_seconds = float(row["iter_seconds"]) * scale * full
+            plan = plan_retrain(left, run_seconds, concurrency, s.retrain_top_k, s.retrain_seeds, full)
             top_k, n_seeds = plan.configs, plan.seeds
-            print(f"{arch}: {format_duration(left)} of the budget left for retraining; a run takes about "
-                  f"{format_duration(run_seconds)}: {plan.configs} configuration(s) × {plan.seeds} seed(s)"
+            if plan.epochs != full:
+                ledger.set_retrain_epochs(arch, plan.epochs)
+            print(f"{arch}: {format_duration(left)} of the budget left for retraining; a run of {full} epochs takes "
+                  f"about {format_duration(run_seconds)}: {plan.configs} configuration(s) × {plan.seeds} seed(s)"
+                  + (f" of {plan.epochs} epochs (shortened to fit)" if plan.epochs != full else "")
                   + (f" ({plan.note})" if plan.note else ""))
+        shortened = ledger.retrain_epochs.get(arch)
+        if shortened:
+            ranked = [{**r, "config": {**r["config"], "epochs": shortened}} for r in ranked]
         stopper = BudgetStopper(s.root, f"{arch}/retrain")
     picked = ranked[:top_k]
     if not picked:

@@ -89,6 +89,9 @@ class RunSettings:
     weights: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # --set values of training fields no flag owns
     space_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # arch → parameter → dist_to_json
+    # arch → {"max_epochs"/"grace_period": n}: a preset's own schedule for one architecture (the scratch CNN needs
+    # more epochs than a fine-tuned backbone); --max-epochs / --grace-period replace it for every architecture
+    arch_schedule: dict[str, dict[str, int]] = field(default_factory=dict)
     command: str = ""
 
     @property
@@ -104,9 +107,17 @@ class RunSettings:
         from experiments.config import TrainConfig
 
         values = {"arch": arch, "data_dir": self.data_dir, "image_size": self.image_size,
-                  "max_images": self.max_images, "epochs": self.max_epochs, "seed": self.seed,
+                  "max_images": self.max_images, "epochs": self.epochs_for(arch), "seed": self.seed,
                   "cache_dir": self.cache_dir, "weights_path": self.weights, **self.overrides}
         return TrainConfig.from_dict(values).to_dict()
+
+    def epochs_for(self, arch: str) -> int:
+        """The most epochs a trial of ``arch`` runs (ASHA's max_t), and the epochs of its retraining."""
+        return int(self.arch_schedule.get(arch, {}).get("max_epochs", self.max_epochs))
+
+    def grace_for(self, arch: str) -> int:
+        """Epochs before ASHA may stop a trial of ``arch``."""
+        return int(self.arch_schedule.get(arch, {}).get("grace_period", self.grace_period))
 
     def space_overrides_for(self, arch: str) -> dict[str, Any]:
         return {k: dist_from_json(v) for k, v in self.space_overrides.get(arch, {}).items()}
@@ -120,7 +131,7 @@ class RunSettings:
         """The space ``arch``'s trials are drawn from."""
         from search.tuning import arch_space
 
-        return arch_space(arch, self.space_overrides_for(arch), self.grace_period, self.fixed)
+        return arch_space(arch, self.space_overrides_for(arch), self.grace_for(arch), self.fixed)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -161,6 +172,7 @@ def preset_values(name: str) -> dict[str, Any]:
     values = {k: preset[k] for k in PRESET_KEYS}
     values["space_overrides"] = {arch: {k: dist_to_json(d) for k, d in space.items()}
                                  for arch, space in preset["space_overrides"].items()}
+    values["arch_schedule"] = {arch: dict(v) for arch, v in preset.get("arch_schedule", {}).items()}
     return values
 
 
@@ -295,6 +307,11 @@ def resolve(args: argparse.Namespace) -> RunSettings:
                              f"{saved['overrides'] or 'none'}); drop it, or start a new experiment with --name NEW")
     values.update(flags)
     values["overrides"] = {**values["overrides"], **sets}
+    if saved is None:
+        # a schedule flag is meant for every architecture: it replaces the preset's per-architecture value
+        given = {k for k in ("max_epochs", "grace_period") if k in flags}
+        values["arch_schedule"] = {arch: {k: v for k, v in sched.items() if k not in given}
+                                   for arch, sched in values["arch_schedule"].items()}
 
     if values.get("data_dir") is None:
         if not os.environ.get("UTKFACE_DIR"):
@@ -358,6 +375,10 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
     need("max_epochs", s.max_epochs >= 1, "must be at least 1")
     need("grace_period", 1 <= s.grace_period <= s.max_epochs,
          f"must be between 1 and --max-epochs {s.max_epochs}; lower it or raise --max-epochs")
+    for arch in s.archs:
+        epochs, grace = s.epochs_for(arch), s.grace_for(arch)
+        need("grace_period", epochs >= 1 and 1 <= grace <= epochs,
+             f"{arch}'s schedule ({grace} of {epochs} epochs) is invalid; give --max-epochs and --grace-period")
     need("reduction_factor", s.reduction_factor >= 2, "must be at least 2")
     need("retrain_top_k", s.retrain_top_k >= 1, "must be at least 1")
     need("retrain_seeds", s.retrain_seeds >= 1, "must be at least 1")

@@ -39,19 +39,25 @@ class SearchPlan:
     optuna_storage: str | None = None  # the study's file (see study_storage_file); None: in memory
     study_name: str = ""
     fixed: tuple[str, ...] = ()  # fields --set fixed for every trial: not searched
-    enqueue_recipe: bool = True  # the study's recipe of the architecture is the first trial (spaces.RECIPES)
+    enqueue_recipe: bool = True  # the first trials: the study's recipe (spaces.RECIPES) and the project's defaults
     ledger_root: str | None = None  # with a time budget: the experiment folder holding search.budget's ledger
 
 
 def recipe_points(plan: SearchPlan) -> list[dict[str, Any]]:
-    """The first trials of a search: the study's recipe for the architecture, moved into the searched space, so
-    that a search never ends worse than the recipe it starts from (at the search's image size and budget)."""
-    from experiments.config import load_config_file
+    """The first trials of a search: the study's recipe for the architecture, then the project's measured defaults
+    (``TrainConfig``'s), each moved into the searched space, so that a search never ends worse than either (at the
+    search's image size and budget)."""
+    from experiments.config import TrainConfig, load_config_file
 
     if not plan.enqueue_recipe:
         return []
-    point = point_in_space(load_config_file(RECIPES[plan.arch]), search_space(plan))
-    return [point] if point else []
+    space = search_space(plan)
+    points = []
+    for values in (load_config_file(RECIPES[plan.arch]), TrainConfig(arch=plan.arch).to_dict()):
+        point = point_in_space(values, space)
+        if point and point not in points:
+            points.append(point)
+    return points
 
 
 def study_name(experiment: str, arch: str) -> str:

@@ -69,6 +69,21 @@ def test_retrain_plan(left, run, conc, k, seeds, expect):
     assert bool(plan.note) == (left < run)
 
 
+@pytest.mark.parametrize("left, epochs, expect", [
+    (900, 24, (4, 24)),   # 2 waves of full runs fit: 4 seeds at every epoch
+    (780, 24, (4, 23)),   # full runs fit one wave (2 seeds); 23 epochs (≥ 75%) fit two: 4 seeds
+    (500, 24, (2, 24)),   # even 18 epochs fit one wave only: 2 seeds, every epoch
+    (300, 24, (2, 18)),   # not one wave of full runs fits: the longest runs that do (≥ 50%)
+])
+def test_retrain_plan_shortens_runs_only_for_more_seeds(left, epochs, expect):
+    plan = plan_retrain(left, 400, 2, 2, 4, epochs)  # a full run is 400 s
+    assert (plan.seeds, plan.epochs) == expect
+    assert plan.seconds <= left and plan.seconds == pytest.approx(plan.waves * 400 * plan.epochs / epochs)
+    assert not plan.note
+    late = plan_retrain(150, 400, 2, 2, 4, 24)  # not even 12 epochs fit: full runs, overrunning, and it says so
+    assert (late.seeds, late.epochs) == (2, 24) and "runs anyway" in late.note
+
+
 def test_a_budgeted_search_stops_plans_its_retraining_and_resumes(data_dir, tmp_path):
     import json
 

@@ -28,7 +28,8 @@ def real_faces(data_dir, n, start=0):
 
 def test_export_folder_describes_itself(exported):
     out, check = exported
-    for name in ("model.pt", "config.json", "preprocessing.json", "metrics.json", "model.onnx", "model.torchscript.pt"):
+    for name in ("model.pt", "config.json", "preprocessing.json", "metrics.json", "model.onnx", "model.torchscript.pt",
+                 "calibration.json"):
         assert (out / name).is_file(), name
     assert check["passed"] and check["images"] == 64
     assert max(check["onnx_max_abs_diff"].values()) < 1e-3
@@ -41,9 +42,10 @@ def test_pytorch_onnx_and_torchscript_agree_on_real_faces(exported, data_dir):
     out, _ = exported
     model, cfg = load_export(out)
     x = torch.stack([decode_face(p.read_bytes(), cfg.image_size)[0] for p in real_faces(data_dir, 20, 1000)]).float() / 255
+    temperature = json.loads((out / "calibration.json").read_text())["temperature"]
     with torch.no_grad():
         age, logit = model(x)
-    prob = torch.sigmoid(logit).numpy()
+    prob = torch.sigmoid(logit / temperature).numpy()  # the exported P(female) is temperature-scaled
     onnx_age, onnx_prob = ort.InferenceSession(str(out / "model.onnx")).run(None, {"image": x.numpy()})
     ts_age, ts_prob = torch.jit.load(str(out / "model.torchscript.pt"))(x)
     np.testing.assert_allclose(onnx_age, age.numpy(), atol=1e-3)
@@ -76,7 +78,7 @@ def test_predict_on_good_and_bad_files(exported, data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("case, code, message", [
-    ("nothing_decodes", 1, "predicted 0 image(s)"),
+    ("nothing_decodes", 1, "predicted 0 face(s)"),
     ("empty", 2, "the folder is empty"),
     ("not_export", 2, "is not an export folder"),
 ])
@@ -185,3 +187,76 @@ def test_a_threshold_of_one_half_is_female_everywhere():
     assert predicted_female(0.5) and not predicted_female(0.4999)
     assert gender_accuracy(torch.tensor([0.5, 0.2, 0.9]), torch.tensor([1, 0, 0])) == pytest.approx(2 / 3)
     assert gender_accuracy(np.array([0.5]), np.array([1])) == 1.0
+
+
+def test_calibration_is_fitted_on_the_held_out_predictions(exported, tiny_search):
+    from experiments.calibration import calibrate
+    from search import manifest
+
+    out, _ = exported
+    folder, _ = tiny_search
+    stored = json.loads((out / "calibration.json").read_text())
+    entry = manifest.load(folder)["archs"]["pretrained"]["retrain"]["ensemble"]
+    import pandas as pd
+
+    held_out = pd.read_csv(manifest.locate(folder, entry["predictions"]))
+    again = calibrate(held_out["age"], held_out["pred_age"], held_out["gender"] == 1, held_out["p_female"], 0.9)
+    assert stored["n"] == len(held_out) and stored["coverage"] == 0.9
+    assert stored["temperature"] == pytest.approx(again["temperature"])
+    assert stored["abs_errors"] == again["abs_errors"] and "test split" in stored["calibrated_on"]
+
+
+def test_predict_on_a_photo_detects_aligns_and_draws(exported, tmp_path):
+    from skimage import data
+    from PIL import Image
+
+    out, _ = exported
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.astronaut()).save(photos / "astronaut.jpg")
+    (photos / "wall.jpg").write_bytes(jpeg_bytes(size=(640, 480)))  # no face
+    (photos / "cut.jpg").write_bytes((photos / "astronaut.jpg").read_bytes()[:2000])  # corrupt
+    (photos / "empty.png").write_bytes(b"")
+    result = run_cli("--model", out, "--data", photos, "--out", tmp_path / "faces.json", "--annotate", tmp_path / "drawn",
+                     "--coverage", "0.8", script="search/predict.py")
+    assert result.returncode == 0, result.stderr
+    assert "detected and aligned" in result.stderr
+    assert "1 corrupt_image" in result.stderr and "1 no_face_found" in result.stderr and "1 empty_file" in result.stderr
+    rows = json.loads((tmp_path / "faces.json").read_text())
+    assert len(rows) == 1
+    face = rows[0]
+    assert face["file"].endswith("astronaut.jpg") and face["face"] == 0 and 150 < face["box_x"] < 200
+    assert len(face["landmarks"].split()) == 10
+    assert face["age_low"] <= face["age"] <= face["age_high"] and 0 <= face["p_female"] <= 1
+    stored = json.loads((out / "calibration.json").read_text())
+    from experiments.calibration import conformal_halfwidth
+
+    half = conformal_halfwidth(stored["abs_errors"], 0.8)
+    assert face["age_high"] - face["age"] == pytest.approx(half, abs=1e-4)
+    drawn = Image.open(tmp_path / "drawn" / "astronaut.jpg")
+    assert drawn.size == (512, 512)
+
+
+def test_evaluate_reports_coverage_and_groups(exported, data_dir, tmp_path):
+    import pandas as pd
+
+    from experiments.groups import fairness
+
+    out, _ = exported
+    folder = tmp_path / "labelled"
+    copy_real(data_dir, folder, [p.name for p in real_faces(data_dir, 40, 3000)])
+    csv_path = tmp_path / "e.csv"
+    result = run_cli("--model", out, "--data", folder, "--evaluate", "--out", csv_path, script="search/predict.py")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = pd.read_csv(csv_path)
+    inside = ((rows["true_age"] >= rows["age_low"]) & (rows["true_age"] <= rows["age_high"])).mean()
+    assert metrics["age_interval"]["coverage"] == pytest.approx(inside, abs=1e-4)
+    assert metrics["age_interval"]["nominal_coverage"] == 0.9
+    frame = pd.DataFrame({"name": [p.split("/")[-1] for p in rows["file"]], "age": rows["true_age"],
+                          "gender": rows["true_gender"], "pred_age": rows["age"], "p_female": rows["p_female"]})
+    expected = fairness(frame)["race"]["table"]
+    got = pd.DataFrame(metrics["groups"]["race"]["table"])
+    assert list(got["race"]) == list(expected["race"]) and list(got["faces"]) == list(expected["faces"])
+    assert got["age_mae"].tolist() == pytest.approx(expected["age_mae"].round(4).tolist(), abs=1e-4)
+    assert sum(got["faces"]) == metrics["n"] == 40

@@ -45,18 +45,20 @@ def test_outputs_and_tensorboard(tiny_search):
     assert "unfreeze_epoch" in pd.read_csv(folder / "pretrained" / "trials.csv").columns.str.replace("config/", "").tolist()
 
 
-def test_the_study_recipe_is_a_trial_of_every_search(tiny_search):
+def test_the_study_recipe_and_the_defaults_are_trials_of_every_search(tiny_search):
     from search.spaces import RECIPES, point_in_space
     from search.settings import RunSettings
-    from experiments.config import load_config_file
+    from experiments.config import TrainConfig, load_config_file
 
     folder, _ = tiny_search
     settings = RunSettings(**json.loads((folder / "search_settings.json").read_text())["settings"])
     for arch in ("scratch", "pretrained"):
-        point = point_in_space(load_config_file(RECIPES[arch]), settings.space(arch))
         trials = pd.read_csv(folder / arch / "trials.csv")
-        matches = [all(row[f"config/{k}"] == pytest.approx(v) for k, v in point.items()) for _, row in trials.iterrows()]
-        assert sum(matches) == 1, (arch, point)
+        for values in (load_config_file(RECIPES[arch]), TrainConfig(arch=arch).to_dict()):
+            point = point_in_space(values, settings.space(arch))
+            matches = [all(row[f"config/{k}"] == pytest.approx(v) for k, v in point.items())
+                       for _, row in trials.iterrows()]
+            assert sum(matches) == 1, (arch, point)
     # --set max_images=300 reached the split, and --set image_size=32 the trials and the saved settings
     assert json.loads((folder / "split.json").read_text())["counts"]["test"] == 45
     saved = json.loads((folder / "search_settings.json").read_text())["settings"]

@@ -130,3 +130,15 @@ def test_the_default_preset_follows_the_hardware_and_the_budget(data_dir, tmp_pa
     assert settings("", data_dir, tmp_path).preset == ("full" if torch.cuda.is_available() else "quick")
     assert settings("--budget none", data_dir, tmp_path).budget_s is None
     assert settings("--preset full --budget 10m", data_dir, tmp_path).budget_s == 600
+
+
+def test_a_preset_schedules_each_architecture_and_the_flags_replace_it(data_dir, tmp_path):
+    s = settings("--preset quick", data_dir, tmp_path)
+    assert (s.epochs_for("scratch"), s.grace_for("scratch")) == (24, 6)  # the scratch CNN's own schedule
+    assert (s.epochs_for("pretrained"), s.grace_for("pretrained")) == (s.max_epochs, s.grace_period) == (8, 3)
+    assert s.base_config("scratch")["epochs"] == 24 and s.base_config("pretrained")["epochs"] == 8
+    flagged = settings("--preset quick --max-epochs 10", data_dir, tmp_path)
+    assert (flagged.epochs_for("scratch"), flagged.grace_for("scratch")) == (10, 6)
+    assert flagged.epochs_for("pretrained") == 10
+    with pytest.raises(UsageError, match="scratch's schedule"):
+        settings("--preset quick --max-epochs 4", data_dir, tmp_path)  # the scratch grace 6 > 4 epochs
