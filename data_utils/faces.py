@@ -162,9 +162,8 @@ def face_crop_bytes(img: Image.Image, face: Face) -> bytes:
     return out.getvalue()
 
 
-def photo_faces(path: str | os.PathLike, size: int, detector: str = DEFAULT_DETECTOR
-                ) -> tuple[list[Face], list, Image.Image]:
-    """(faces, their uint8 3×size×size tensors prepared as in training, the photo) of one photo file."""
+def photo_faces(path: str | os.PathLike, size: int, detector: str = DEFAULT_DETECTOR) -> tuple[list[Face], list]:
+    """(faces, their uint8 3×size×size tensors prepared as in training) of one photo file."""
     img = read_photo(path)
     faces = detect(img, detector)
-    return faces, [decode_face(face_crop_bytes(img, f), size)[0] for f in faces], img
+    return faces, [decode_face(face_crop_bytes(img, f), size)[0] for f in faces]

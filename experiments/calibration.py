@@ -19,6 +19,10 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.special import expit as sigmoid
+from scipy.special import logit as _logit
+
+from experiments.objective import predicted_female
 
 DEFAULT_COVERAGE = 0.9
 ECE_BINS = 10
@@ -27,12 +31,8 @@ EPS = 1e-6
 
 
 def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
+    """scipy's logit of P, clipped away from 0 and 1 so that a saturated probability stays finite."""
+    return _logit(np.clip(np.asarray(p, np.float64), EPS, 1 - EPS))
 
 
 def conformal_halfwidth(abs_errors: np.ndarray, coverage: float) -> float:
@@ -70,7 +70,7 @@ def expected_calibration_error(p_female: np.ndarray, female: np.ndarray, bins: i
     weighted by the faces in each."""
     p, y = np.asarray(p_female, np.float64), np.asarray(female, bool)
     confidence = np.maximum(p, 1 - p)
-    correct = (p >= 0.5) == y
+    correct = predicted_female(p) == y
     edges = np.linspace(0.5, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     total = 0.0

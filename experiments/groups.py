@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from data_utils.scan import race_group
+from experiments.objective import predicted_female
 
 BOOTSTRAP = 1000
 MIN_GROUP_FACES = 20  # a smaller group is shown, but not named as a largest gap: its interval is too wide
@@ -24,7 +25,7 @@ def with_groups(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     out["race"] = [race_group(str(n)) for n in out["name"]]
     out["sex"] = [GENDER_NAMES[int(g)] for g in out["gender"]]
-    out["correct"] = ((out["p_female"] >= 0.5) == (out["gender"] == 1)).astype(float)
+    out["correct"] = (predicted_female(out["p_female"]) == (out["gender"] == 1)).astype(float)
     out["abs_err"] = (out["pred_age"] - out["age"]).abs()
     return out
 

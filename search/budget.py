@@ -61,7 +61,7 @@ class Ledger:
         self.budget_s = budget_s if budget_s is not None else saved.get("budget_s")
         self.spent: dict[str, float] = {k: float(v) for k, v in saved.get("spent", {}).items()}
         self.limits: dict[str, float | None] = saved.get("limits", {})
-        # arch → epochs of its retraining runs, when the plan shortened them (a resumed retraining keeps them)
+        # arch → epochs of its retraining runs as planned, shortened or not (a resumed retraining keeps them)
         self.retrain_epochs: dict[str, int] = saved.get("retrain_epochs", {})
 
     def total_spent(self) -> float:

@@ -156,7 +156,7 @@ def predict_photos(model: torch.nn.Module, paths: list[Path], size: int, detecto
 
     for path in paths:
         try:
-            faces, tensors, _ = photo_faces(path, size, detector)
+            faces, tensors = photo_faces(path, size, detector)
         except DecodeError as err:
             yield from flush()
             yield path, None, err.reason, None
@@ -180,7 +180,8 @@ def has_utkface_name(path: Path) -> bool:
 
 
 def annotate(path: Path, rows: list[dict], out_dir: Path) -> None:
-    """``path`` with each face's box and label drawn, as ``out_dir/<name>.jpg``."""
+    """``path`` with each face's box and label drawn, as ``out_dir/<name>.jpg``. The photo is read again rather than
+    kept from detection: photos up to faces.MAX_PIXELS would otherwise be held for a whole batch of faces."""
     from PIL import ImageDraw
 
     from data_utils.faces import read_photo

@@ -193,26 +193,27 @@ def load_arch(root: Path, arch: str) -> ArchResults | None:
     runs = retrain.get("runs", [])
     predictions = {}
     for run in runs:
-        path = manifest.locate(root, run.get("predictions"))
-        if path is None:
-            continue
-        if path.is_file():
-            predictions[run["trial_id"]] = pd.read_csv(path)
-        else:
-            missing.append(f"retraining run {run['trial_id']}: its test predictions {path} are missing")
+        frame = _listed_csv(root, run.get("predictions"), f"retraining run {run['trial_id']}: its test predictions",
+                            missing)
+        if frame is not None:
+            predictions[run["trial_id"]] = frame
+    ensemble = retrain.get("ensemble")
     return ArchResults(arch, read_trials(trials_csv), _histories(root, search["trials"], missing), plan, study,
                        _read_csv(manifest.locate(root, retrain.get("summary"))),
                        _read_csv(manifest.locate(root, retrain.get("runs_csv"))), retrain.get("best_model"),
-                       retrain.get("ensemble"), _ensemble_predictions(root, retrain.get("ensemble"), missing),
+                       ensemble,
+                       _listed_csv(root, ensemble.get("predictions"), "the ensemble's test predictions", missing)
+                       if ensemble else None,
                        _histories(root, runs, missing), predictions, missing)
 
 
-def _ensemble_predictions(root: Path, ensemble: dict[str, Any] | None, missing: list[str]) -> pd.DataFrame | None:
-    if not ensemble:
+def _listed_csv(root: Path, listed: str | None, what: str, missing: list[str]) -> pd.DataFrame | None:
+    """A CSV the manifest lists (None where it lists none); a listed file that is gone is noted in ``missing``."""
+    path = manifest.locate(root, listed)
+    if path is None:
         return None
-    path = manifest.locate(root, ensemble.get("predictions"))
-    if path is None or not path.is_file():
-        missing.append(f"the ensemble's test predictions {path} are missing")
+    if not path.is_file():
+        missing.append(f"{what} {path} are missing")
         return None
     return pd.read_csv(path)
 

@@ -292,15 +292,14 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
             run_seconds = float(row["iter_seconds"]) * scale * full
             plan = plan_retrain(left, run_seconds, concurrency, s.retrain_top_k, s.retrain_seeds, full)
             top_k, n_seeds = plan.configs, plan.seeds
-            if plan.epochs != full:
-                ledger.set_retrain_epochs(arch, plan.epochs)
+            ledger.set_retrain_epochs(arch, plan.epochs)  # always: a new plan replaces an earlier one's epochs
             print(f"{arch}: {format_duration(left)} of the budget left for retraining; a run of {full} epochs takes "
                   f"about {format_duration(run_seconds)}: {plan.configs} configuration(s) × {plan.seeds} seed(s)"
                   + (f" of {plan.epochs} epochs (shortened to fit)" if plan.epochs != full else "")
                   + (f" ({plan.note})" if plan.note else ""))
-        shortened = ledger.retrain_epochs.get(arch)
-        if shortened:
-            ranked = [{**r, "config": {**r["config"], "epochs": shortened}} for r in ranked]
+        planned = ledger.retrain_epochs.get(arch)
+        if planned:
+            ranked = [{**r, "config": {**r["config"], "epochs": planned}} for r in ranked]
         stopper = BudgetStopper(s.root, f"{arch}/retrain")
     picked = ranked[:top_k]
     if not picked:

@@ -375,7 +375,7 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
     need("max_epochs", s.max_epochs >= 1, "must be at least 1")
     need("grace_period", 1 <= s.grace_period <= s.max_epochs,
          f"must be between 1 and --max-epochs {s.max_epochs}; lower it or raise --max-epochs")
-    for arch in s.archs:
+    for arch in (a for a in s.archs if a in s.arch_schedule):
         epochs, grace = s.epochs_for(arch), s.grace_for(arch)
         need("grace_period", epochs >= 1 and 1 <= grace <= epochs,
              f"{arch}'s schedule ({grace} of {epochs} epochs) is invalid; give --max-epochs and --grace-period")

@@ -31,6 +31,7 @@ from PIL import Image  # noqa: E402
 from data_utils.cache import NATIVE_SIZE, decode_face  # noqa: E402
 from data_utils.faces import DETECTORS, detect, face_crop_bytes, load_photo  # noqa: E402
 from data_utils.scan import scan_folder  # noqa: E402
+from experiments.objective import predicted_female  # noqa: E402
 from experiments.train import load_model  # noqa: E402
 from models import Ensemble  # noqa: E402
 
@@ -100,8 +101,8 @@ def main(args: argparse.Namespace) -> dict:
             aligned = [decode_face(face_crop_bytes(images[i], found[i][0]), size)[0] for i in hit]
             a_age, a_p = score(model, aligned) if aligned else (np.array([]), np.array([]))
             idx = np.array(hit, int)
-            ok_o = (o_p[idx] >= 0.5) == truth_female[idx]
-            ok_a = (a_p >= 0.5) == truth_female[idx]
+            ok_o = predicted_female(o_p[idx]) == truth_female[idx]
+            ok_a = predicted_female(a_p) == truth_female[idx]
             err_o, err_a = np.abs(o_age[idx] - truth_age[idx]), np.abs(a_age - truth_age[idx])
             result[kind] = {
                 "detection_rate": round(len(hit) / len(images), 4), "ms_per_image": round(ms, 1),
@@ -110,7 +111,7 @@ def main(args: argparse.Namespace) -> dict:
                 "paired_diff": {"gender_acc_points": round(100 * float(ok_a.mean() - ok_o.mean()), 2),
                                 "age_mae_years": round(float(err_a.mean() - err_o.mean()), 3),
                                 "mean_abs_age_change": round(float(np.abs(a_age - o_age[idx]).mean()), 3),
-                                "gender_flips": int(((a_p >= 0.5) != (o_p[idx] >= 0.5)).sum())},
+                                "gender_flips": int((predicted_female(a_p) != predicted_female(o_p[idx])).sum())},
             }
             if kind == "crop" and hit:
                 marks = np.stack([found[i][0].landmarks for i in hit]) / NATIVE_SIZE[0]
