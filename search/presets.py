@@ -21,7 +21,11 @@ PRESETS = {
         "grace_period": 3,
         "reduction_factor": 2,
         "retrain_top_k": 2,
-        "retrain_seeds": 4,  # upper bounds: the budget plans how many run (2 seeds in 9 minutes on 2 cores)
+        # upper bounds: the budget plans how many run. 9 minutes on 2 cores: the first two trials (the study's recipe
+        # and the project's found configuration) take about 3½ of the search's 4¼ minutes, no third fits, and 2
+        # seeds of 8 epochs fill the rest. 4 seeds would need 12 minutes; shorter runs for more seeds scored worse
+        # on validation (README, "Seeds or epochs")
+        "retrain_seeds": 4,
         "budget_s": 540.0,
         # the scratch CNN learns from nothing: 8 epochs starve it (87.6% / 7.13 after a 30-minute budget), one
         # 25-epoch run reached 89.9% / 6.90 in 3.4 minutes; ASHA judges its trials at epochs 6 and 12

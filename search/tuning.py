@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,12 @@ from typing import Any
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from experiments.objective import METRIC, MODE
-from search.spaces import GRACE, RECIPES, SPACES, Categorical, Float, Int, point_in_space
+from search.budget import BudgetStopper
+from search.spaces import FOUND, GRACE, RECIPES, SPACES, Categorical, Float, Int, point_in_space
 from search.trainable import TrialData, train_trial
 
 log = logging.getLogger(__name__)
@@ -39,21 +41,23 @@ class SearchPlan:
     optuna_storage: str | None = None  # the study's file (see study_storage_file); None: in memory
     study_name: str = ""
     fixed: tuple[str, ...] = ()  # fields --set fixed for every trial: not searched
-    enqueue_recipe: bool = True  # the first trials: the study's recipe (spaces.RECIPES) and the project's defaults
+    enqueue_recipe: bool = True  # the first trials: the study's recipe, the project's found configuration, its defaults
     ledger_root: str | None = None  # with a time budget: the experiment folder holding search.budget's ledger
 
 
 def recipe_points(plan: SearchPlan) -> list[dict[str, Any]]:
-    """The first trials of a search: the study's recipe for the architecture, then the project's measured defaults
-    (``TrainConfig``'s), each moved into the searched space, so that a search never ends worse than either (at the
-    search's image size and budget)."""
+    """The first trials of a search: the study's recipe for the architecture (``spaces.RECIPES``), the best
+    configuration an earlier search of the project found (``spaces.FOUND``), then the project's measured defaults
+    (``TrainConfig``'s), each moved into the searched space, so that a search never ends worse than any of them (at
+    the search's image size and budget)."""
     from experiments.config import TrainConfig, load_config_file
 
     if not plan.enqueue_recipe:
         return []
     space = search_space(plan)
     points = []
-    for values in (load_config_file(RECIPES[plan.arch]), TrainConfig(arch=plan.arch).to_dict()):
+    found = [load_config_file(FOUND[plan.arch])] if plan.arch in FOUND else []
+    for values in (load_config_file(RECIPES[plan.arch]), *found, TrainConfig(arch=plan.arch).to_dict()):
         point = point_in_space(values, space)
         if point and point not in points:
             points.append(point)
@@ -138,9 +142,31 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     its last reported value (every epoch is reported as an intermediate value).
     """
 
-    def __init__(self, *args, max_epochs: int, **kwargs):
+    def __init__(self, *args, max_epochs: int, budget: BudgetStopper | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+        self._budget = budget
+        self._epoch_seconds: list[float] = []
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        if result.get("time_this_iter_s") is not None:
+            self._epoch_seconds.append(float(result["time_this_iter_s"]))
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        # Under a time budget a trial is started only if it can run all its epochs in what is left of the search's
+        # share: one the budget would cut short can never be chosen (trials that ran their whole budget rank
+        # first), so that time goes to the retraining instead. The trials already running go on. Where not even a
+        # trial started with the search could finish in the share, every trial is cut short and they are ranked
+        # among themselves: trials then start until the share is spent.
+        if self._budget is not None and self._epoch_seconds:
+            left, limit = self._budget.seconds_left(), self._budget.limit()
+            trial_seconds = self._max_epochs * statistics.median(self._epoch_seconds)
+            if left is not None and left < trial_seconds <= limit:
+                print(f"search: {left:.0f} s of its time budget left, a trial of {self._max_epochs} epochs takes about "
+                      f"{trial_seconds:.0f} s: no further trials start, the rest goes to the retraining", flush=True)
+                return Searcher.FINISHED
+        return super().suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         stopped_early = (not error and result is not None and trial_id not in self._completed_trials
@@ -163,7 +189,8 @@ def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
     # a define-by-run space makes OptunaSearch ignore TuneConfig's metric and mode, so it is told directly
     searcher = PrunedAwareOptunaSearch(space=DefineByRun(search_space(plan)), metric=METRIC, mode=MODE,
                                        sampler=sampler, storage=storage, study_name=plan.study_name,
-                                       points_to_evaluate=recipe_points(plan) or None, max_epochs=plan.max_epochs)
+                                       points_to_evaluate=recipe_points(plan) or None, max_epochs=plan.max_epochs,
+                                       budget=budget_stopper(plan))
     # Tune keeps just one trial pending with a searcher unless told how many may run at once
     return ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency)
 
@@ -207,10 +234,8 @@ def make_tuner(plan: SearchPlan, data: TrialData, resume: bool) -> tune.Tuner:
     )
 
 
-def budget_stopper(plan: SearchPlan):
+def budget_stopper(plan: SearchPlan) -> BudgetStopper | None:
     """The stopper that ends the search when its share of the time budget is spent; None without a budget."""
-    from search.budget import BudgetStopper
-
     return BudgetStopper(Path(plan.ledger_root), f"{plan.arch}/search") if plan.ledger_root else None
 
 

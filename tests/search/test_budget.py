@@ -71,11 +71,10 @@ def test_retrain_plan(left, run, conc, k, seeds, expect):
 
 @pytest.mark.parametrize("left, epochs, expect", [
     (900, 24, (4, 24)),   # 2 waves of full runs fit: 4 seeds at every epoch
-    (780, 24, (4, 23)),   # full runs fit one wave (2 seeds); 23 epochs (≥ 75%) fit two: 4 seeds
-    (500, 24, (2, 24)),   # even 18 epochs fit one wave only: 2 seeds, every epoch
+    (780, 24, (2, 24)),   # full runs fit one wave: 2 seeds, every epoch (23 epochs would fit two waves: not taken)
     (300, 24, (2, 18)),   # not one wave of full runs fits: the longest runs that do (≥ 50%)
 ])
-def test_retrain_plan_shortens_runs_only_for_more_seeds(left, epochs, expect):
+def test_retrain_plan_shortens_runs_only_to_fit(left, epochs, expect):
     plan = plan_retrain(left, 400, 2, 2, 4, epochs)  # a full run is 400 s
     assert (plan.seeds, plan.epochs) == expect
     assert plan.seconds <= left and plan.seconds == pytest.approx(plan.waves * 400 * plan.epochs / epochs)
@@ -97,8 +96,10 @@ def test_a_budgeted_search_stops_plans_its_retraining_and_resumes(data_dir, tmp_
     ledger = json.loads((tmp_path / "b" / BUDGET_FILE).read_text())
     limit = ledger["limits"]["scratch/search"]
     assert limit == pytest.approx(SEARCH_SHARE * (50 - REPORT_RESERVE_S))
-    # the search stopped on its share, not on its 500 trials
-    assert limit <= ledger["spent"]["scratch/search"] < limit + 30
+    # the search stopped on its share, or when no whole trial fitted what was left of it; not on its 500 trials
+    spent = ledger["spent"]["scratch/search"]
+    assert spent < limit + 30
+    assert spent >= limit or "no further trials start" in result.stdout
     trials = json.loads((tmp_path / "b" / "manifest.json").read_text())["archs"]["scratch"]["search"]["trials"]
     assert len(trials) < 500
     assert "of the budget left for retraining" in result.stdout

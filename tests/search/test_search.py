@@ -45,8 +45,8 @@ def test_outputs_and_tensorboard(tiny_search):
     assert "unfreeze_epoch" in pd.read_csv(folder / "pretrained" / "trials.csv").columns.str.replace("config/", "").tolist()
 
 
-def test_the_study_recipe_and_the_defaults_are_trials_of_every_search(tiny_search):
-    from search.spaces import RECIPES, point_in_space
+def test_the_study_recipe_the_found_configuration_and_the_defaults_are_trials_of_every_search(tiny_search):
+    from search.spaces import FOUND, RECIPES, point_in_space
     from search.settings import RunSettings
     from experiments.config import TrainConfig, load_config_file
 
@@ -54,7 +54,9 @@ def test_the_study_recipe_and_the_defaults_are_trials_of_every_search(tiny_searc
     settings = RunSettings(**json.loads((folder / "search_settings.json").read_text())["settings"])
     for arch in ("scratch", "pretrained"):
         trials = pd.read_csv(folder / arch / "trials.csv")
-        for values in (load_config_file(RECIPES[arch]), TrainConfig(arch=arch).to_dict()):
+        found = [load_config_file(FOUND[arch])] if arch in FOUND else []
+        assert arch == "scratch" or found  # model B has a found configuration
+        for values in (load_config_file(RECIPES[arch]), *found, TrainConfig(arch=arch).to_dict()):
             point = point_in_space(values, settings.space(arch))
             matches = [all(row[f"config/{k}"] == pytest.approx(v) for k, v in point.items())
                        for _, row in trials.iterrows()]

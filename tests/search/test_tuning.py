@@ -64,6 +64,41 @@ def test_stopped_trials_are_pruned_with_their_last_value():
     assert crashed.state == optuna.trial.TrialState.FAIL
 
 
+def test_under_a_budget_no_trial_starts_that_could_not_finish(tmp_path):
+    from ray.tune.search import Searcher
+
+    from search.budget import BudgetStopper, Ledger
+
+    ledger = Ledger(tmp_path, 100.0)
+    ledger.set_limit("scratch/search", 50.0)
+    ledger.record("scratch/search", 20.0)  # an earlier run's time: 30 s of the share left
+    searcher = PrunedAwareOptunaSearch(space=DefineByRun({"lr": Float(1e-4, 1e-2, log=True)}), metric="objective",
+                                       mode="min", max_epochs=4, budget=BudgetStopper(tmp_path, "scratch/search"))
+    searcher.set_search_properties(None, None, {})
+    assert isinstance(searcher.suggest("first"), dict)  # nothing measured yet: trials start
+    for epoch in (1, 2):
+        searcher.on_trial_result("first", {"objective": 1.0, "training_iteration": epoch, "time_this_iter_s": 7.0})
+    assert isinstance(searcher.suggest("second"), dict)  # 4 epochs × 7 s = 28 s fit in the 30 s left
+    searcher.on_trial_result("first", {"objective": 1.0, "training_iteration": 3, "time_this_iter_s": 9.0})
+    searcher.on_trial_result("second", {"objective": 1.0, "training_iteration": 1, "time_this_iter_s": 9.0})
+    assert searcher.suggest("third") == Searcher.FINISHED  # 4 × 8 s (median) = 32 s do not
+    assert len(searcher._ot_study.trials) == 2  # no Optuna trial was asked for the refused one
+    # a share no whole trial fits (4 × 20 s > 50 s): every trial is cut short anyway, so trials keep starting
+    slow = PrunedAwareOptunaSearch(space=DefineByRun({"lr": Float(1e-4, 1e-2, log=True)}), metric="objective",
+                                   mode="min", max_epochs=4, budget=BudgetStopper(tmp_path, "scratch/search"))
+    slow.set_search_properties(None, None, {})
+    slow.suggest("a")
+    slow.on_trial_result("a", {"objective": 1.0, "training_iteration": 1, "time_this_iter_s": 20.0})
+    assert isinstance(slow.suggest("b"), dict)
+    # without a budget the epoch times change nothing
+    free = PrunedAwareOptunaSearch(space=DefineByRun({"lr": Float(1e-4, 1e-2, log=True)}), metric="objective",
+                                   mode="min", max_epochs=4)
+    free.set_search_properties(None, None, {})
+    free.suggest("a")
+    free.on_trial_result("a", {"objective": 1.0, "training_iteration": 1, "time_this_iter_s": 1e6})
+    assert isinstance(free.suggest("b"), dict)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -1,0 +1,131 @@
+"""More seeds or more epochs? What a time budget's retraining should buy, measured on the validation split.
+
+    python experiments/benchmarks/seeds_epochs.py --data ../shared/data/utkface-5k --config tuned_b \
+        --epochs 5 6 8 --seeds 0 1 2 3 --jobs 2 --out seeds_epochs.json
+
+A budgeted retraining (``search.budget.plan_retrain``) chooses between fewer seeds of the full schedule and more
+seeds of a shortened one (a cosine schedule, so a shortened run still anneals). This trains the configuration for
+each epoch count with each seed — on the train split, scored on the validation split, so the choice it informs
+never looks at the test split — and reports, per epoch count, the single runs (mean ± std over seeds) and the
+ensembles of the first n seeds (mean of their ages and P(female)), with the training seconds each costs; rows of
+equal cost (seeds × epochs) are the comparison the planner makes.
+"""
+import os
+import sys
+
+if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
+from experiments.device import device_name, resolve_device  # noqa: E402
+from experiments.objective import objective, predicted_female  # noqa: E402
+from experiments.train import Trainer, fit_parts, predict, prepare_data  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Ensembles of n seeds at each epoch count, scored on validation.")
+    p.add_argument("--data", default=None, help="UTKFace folder (default: $UTKFACE_DIR)")
+    p.add_argument("--config", default="tuned_b", help="config preset or JSON file (experiments/configs)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, nargs="+", default=[5, 6, 8])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="trainings at once, one thread each (default: one per core)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--run-one", nargs=2, type=int, metavar=("EPOCHS", "SEED"), help=argparse.SUPPRESS)
+    p.add_argument("--to", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def base_config(args: argparse.Namespace) -> TrainConfig:
+    values = {**load_config_file(args.config), "data_dir": args.data or os.environ.get("UTKFACE_DIR"),
+              "image_size": args.image_size, **parse_overrides(args.set)}
+    return TrainConfig.from_dict(values)
+
+
+def run_one(args: argparse.Namespace, epochs: int, seed: int) -> dict:
+    """Train one (epochs, seed) on the train split; its validation predictions and training seconds."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig.from_dict({"epochs": epochs, "seed": seed}, base_config(args))
+    faces, split = prepare_data(cfg)
+    train, val = fit_parts(faces, split, cfg)
+    start = time.perf_counter()
+    trainer = Trainer(cfg, train, val)
+    for _ in trainer.epochs():
+        pass
+    seconds = time.perf_counter() - start
+    age, prob = predict(trainer.model, trainer.held_out_data, precision=trainer.precision)
+    return {"epochs": epochs, "seed": seed, "seconds": seconds, "age": age.tolist(), "p_female": prob.tolist(),
+            "true_age": trainer.held_out_data.ages.tolist(), "gender": trainer.held_out_data.genders.tolist()}
+
+
+def scores(age: np.ndarray, p_female: np.ndarray, true_age: np.ndarray, gender: np.ndarray) -> tuple[float, float]:
+    acc = float((predicted_female(p_female) == (gender == 1)).mean())
+    return acc, float(np.abs(age - true_age).mean())
+
+
+def summarize(runs: list[dict], epochs: list[int], seeds: list[int]) -> dict:
+    by = {(r["epochs"], r["seed"]): r for r in runs}
+    true_age, gender = np.asarray(runs[0]["true_age"]), np.asarray(runs[0]["gender"])
+    out = {}
+    for e in epochs:
+        single = [scores(np.asarray(by[(e, s)]["age"]), np.asarray(by[(e, s)]["p_female"]), true_age, gender)
+                  for s in seeds]
+        acc, mae = zip(*single)
+        row = {"train_seconds_per_run": round(float(np.mean([by[(e, s)]["seconds"] for s in seeds])), 1),
+               "single": {"val_gender_acc": [round(float(np.mean(acc)), 4), round(float(np.std(acc, ddof=1)), 4)],
+                          "val_age_mae": [round(float(np.mean(mae)), 3), round(float(np.std(mae, ddof=1)), 3)]},
+               "ensembles": {}}
+        for n in range(2, len(seeds) + 1):
+            members = [by[(e, s)] for s in seeds[:n]]
+            a, m = scores(np.mean([r["age"] for r in members], axis=0),
+                          np.mean([r["p_female"] for r in members], axis=0), true_age, gender)
+            row["ensembles"][f"{n}_seeds"] = {"val_gender_acc": round(a, 4), "val_age_mae": round(m, 3),
+                                              "objective": round(objective(a, m), 4), "cost_epochs": n * e}
+        out[f"{e}_epochs"] = row
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.run_one:
+        Path(args.to).write_text(json.dumps(run_one(args, *args.run_one)))
+        return 0
+    prepare_data(base_config(args))  # decode once, before the parallel runs read the cache
+    jobs = [(e, s) for e in sorted(args.epochs, reverse=True) for s in args.seeds]  # longest first: fewer idle cores
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        def launch(job):
+            epochs, seed = job
+            to = Path(tmp) / f"{epochs}-{seed}.json"
+            cmd = [sys.executable, os.path.abspath(__file__), "--run-one", str(epochs), str(seed), "--to", str(to),
+                   "--config", args.config, "--image-size", str(args.image_size), "--set", *args.set]
+            subprocess.run(cmd + (["--data", args.data] if args.data else []), check=True)
+            return json.loads(to.read_text())
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            runs = list(pool.map(launch, jobs))
+    out = {"device": device_name(resolve_device("auto")), "torch": torch.__version__, "config": args.config,
+           "image_size": args.image_size, "seeds": args.seeds, "overrides": args.set, "n_val": len(runs[0]["gender"]),
+           "jobs": args.jobs, "wall_seconds": round(time.perf_counter() - started, 1),
+           "by_epochs": summarize(runs, args.epochs, args.seeds)}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
