@@ -163,6 +163,10 @@ class RetrainPlan:
 # "Seeds or epochs"). Only when not even one wave of full runs fits what is left are they shortened, down to this
 # fraction of their epochs: the budget is the user's.
 MIN_EPOCH_FRACTION_TO_FIT = 0.5
+# ... and time the planned waves leave over lengthens the runs, up to this factor of their epochs: in the same
+# measurement 10 and 12 epochs of a cosine schedule lowered the MAE by 0.35 years against 8, and 2 seeds of 12
+# beat 4 of 8 (README, "Seeds or epochs")
+MAX_EPOCH_FACTOR = 1.5
 
 
 def _fit(seconds_left: float, run_seconds: float, concurrency: int, max_configs: int, max_seeds: int
@@ -180,7 +184,8 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
 
     Full-length runs come first, then seeds of the best configuration (they make the exported ensemble), then
     further configurations. Given ``epochs``, runs are shortened only when not even one wave of full runs fits: to
-    the longest that does, down to ``MIN_EPOCH_FRACTION_TO_FIT`` of them. At least one wave is always planned, even
+    the longest that does, down to ``MIN_EPOCH_FRACTION_TO_FIT`` of them; when full runs fit, the time their waves
+    leave over lengthens them, up to ``MAX_EPOCH_FACTOR`` × ``epochs``. At least one wave is always planned, even
     if it overruns the budget (a search must hand over a model).
     """
     def option(e: int | None) -> RetrainPlan:
@@ -195,6 +200,11 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
         fitting = [option(e) for e in range(epochs, lowest - 1, -1)]
         fitting = [p for p in fitting if p.seconds <= seconds_left]
         plan = fitting[0] if fitting else option(epochs)  # full runs if they fit, else the longest runs that do
+        if plan.epochs == epochs and plan.seconds <= seconds_left and run_seconds > 0:
+            per_epoch = run_seconds / epochs
+            longer = min(math.floor(MAX_EPOCH_FACTOR * epochs), math.floor(seconds_left / plan.waves / per_epoch))
+            if longer > epochs:
+                plan = dataclasses.replace(plan, epochs=longer, seconds=plan.waves * per_epoch * longer)
     if plan.seconds > seconds_left:
         plan = dataclasses.replace(plan, note=f"one retraining run ({plan.seconds / plan.waves:.0f} s) is longer than "
                                               f"the {seconds_left:.0f} s left; it runs anyway")

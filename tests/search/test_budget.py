@@ -70,11 +70,13 @@ def test_retrain_plan(left, run, conc, k, seeds, expect):
 
 
 @pytest.mark.parametrize("left, epochs, expect", [
-    (900, 24, (4, 24)),   # 2 waves of full runs fit: 4 seeds at every epoch
-    (780, 24, (2, 24)),   # full runs fit one wave: 2 seeds, every epoch (23 epochs would fit two waves: not taken)
+    (800, 24, (4, 24)),   # 2 waves of full runs fit exactly: 4 seeds at every epoch
+    (910, 24, (4, 27)),   # 2 waves, 55 s to spare each: 27 epochs (16.7 s each) fill them
+    (510, 24, (2, 30)),   # 1 wave (23 epochs would fit two: runs are not shortened for seeds), lengthened to fill it
+    (780, 24, (2, 36)),   # 1 wave, lengthened up to 1.5× its epochs, not beyond
     (300, 24, (2, 18)),   # not one wave of full runs fits: the longest runs that do (≥ 50%)
 ])
-def test_retrain_plan_shortens_runs_only_to_fit(left, epochs, expect):
+def test_retrain_plan_shortens_runs_only_to_fit_and_lengthens_them_to_fill(left, epochs, expect):
     plan = plan_retrain(left, 400, 2, 2, 4, epochs)  # a full run is 400 s
     assert (plan.seeds, plan.epochs) == expect
     assert plan.seconds <= left and plan.seconds == pytest.approx(plan.waves * 400 * plan.epochs / epochs)
