@@ -164,8 +164,8 @@ class RetrainPlan:
 # fraction of their epochs: the budget is the user's.
 MIN_EPOCH_FRACTION_TO_FIT = 0.5
 # ... and time the planned waves leave over lengthens the runs, up to this factor of their epochs: in the same
-# measurement 10 and 12 epochs of a cosine schedule lowered the MAE by 0.35 years against 8, and 2 seeds of 12
-# beat 4 of 8 (README, "Seeds or epochs")
+# measurement 10 and 12 epochs of a cosine schedule lowered the MAE by 0.35 years against 8 (README, "Seeds or
+# epochs"); beyond 1.5× nothing was measured
 MAX_EPOCH_FACTOR = 1.5
 
 
@@ -182,15 +182,16 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
                  max_seeds: int, epochs: int | None = None) -> RetrainPlan:
     """How many configurations × seeds of ``run_seconds`` each fit in ``seconds_left`` with ``concurrency`` at once.
 
-    Full-length runs come first, then seeds of the best configuration (they make the exported ensemble), then
-    further configurations. Given ``epochs``, runs are shortened only when not even one wave of full runs fits: to
-    the longest that does, down to ``MIN_EPOCH_FRACTION_TO_FIT`` of them; when full runs fit, the time their waves
-    leave over lengthens them, up to ``MAX_EPOCH_FACTOR`` × ``epochs``. At least one wave is always planned, even
-    if it overruns the budget (a search must hand over a model).
+    Full-length runs come first, then seeds of the best configuration (they make the exported ensemble), then longer
+    runs, then further configurations (which only the report compares). Given ``epochs``, runs are shortened only
+    when not even one wave of full runs fits: to the longest that does, down to ``MIN_EPOCH_FRACTION_TO_FIT`` of
+    them; when full runs fit, the time the best configuration's waves leave lengthens them, up to
+    ``MAX_EPOCH_FACTOR`` × ``epochs``, and further configurations come in only where waves are left at that length.
+    At least one wave is always planned, even if it overruns the budget (a search must hand over a model).
     """
-    def option(e: int | None) -> RetrainPlan:
+    def option(e: int | None, configs: int = max_configs) -> RetrainPlan:
         seconds = run_seconds * (e / epochs if epochs else 1.0)
-        configs, seeds, waves = _fit(seconds_left, seconds, concurrency, max_configs, max_seeds)
+        configs, seeds, waves = _fit(seconds_left, seconds, concurrency, configs, max_seeds)
         return RetrainPlan(configs, seeds, waves, waves * seconds, "", e)
 
     if not epochs:
@@ -201,10 +202,12 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
         fitting = [p for p in fitting if p.seconds <= seconds_left]
         plan = fitting[0] if fitting else option(epochs)  # full runs if they fit, else the longest runs that do
         if plan.epochs == epochs and plan.seconds <= seconds_left and run_seconds > 0:
+            best_only = option(epochs, configs=1)  # the waves the best configuration's seeds need
             per_epoch = run_seconds / epochs
-            longer = min(math.floor(MAX_EPOCH_FACTOR * epochs), math.floor(seconds_left / plan.waves / per_epoch))
-            if longer > epochs:
-                plan = dataclasses.replace(plan, epochs=longer, seconds=plan.waves * per_epoch * longer)
+            # (the 1e-9 keeps a rounding error from costing a wave, and with it seeds)
+            fill = math.floor(seconds_left / best_only.waves / per_epoch * (1 - 1e-9))
+            longer = min(math.floor(MAX_EPOCH_FACTOR * epochs), fill)
+            plan = option(max(epochs, longer))
     if plan.seconds > seconds_left:
         plan = dataclasses.replace(plan, note=f"one retraining run ({plan.seconds / plan.waves:.0f} s) is longer than "
                                               f"the {seconds_left:.0f} s left; it runs anyway")

@@ -74,6 +74,7 @@ def test_retrain_plan(left, run, conc, k, seeds, expect):
     (910, 24, (4, 27)),   # 2 waves, 55 s to spare each: 27 epochs (16.7 s each) fill them
     (510, 24, (2, 30)),   # 1 wave (23 epochs would fit two: runs are not shortened for seeds), lengthened to fill it
     (780, 24, (2, 36)),   # 1 wave, lengthened up to 1.5× its epochs, not beyond
+    (1010, 24, (4, 30)),  # 4 seeds in 2 waves, lengthened to 30 epochs before a second configuration comes in
     (300, 24, (2, 18)),   # not one wave of full runs fits: the longest runs that do (≥ 50%)
 ])
 def test_retrain_plan_shortens_runs_only_to_fit_and_lengthens_them_to_fill(left, epochs, expect):
@@ -81,6 +82,9 @@ def test_retrain_plan_shortens_runs_only_to_fit_and_lengthens_them_to_fill(left,
     assert (plan.seeds, plan.epochs) == expect
     assert plan.seconds <= left and plan.seconds == pytest.approx(plan.waves * 400 * plan.epochs / epochs)
     assert not plan.note
+    assert plan.configs == 1
+    both = plan_retrain(4000, 400, 2, 2, 4, 24)  # room for everything: 2 configurations × 4 seeds at 36 epochs
+    assert (both.configs, both.seeds, both.epochs, both.waves) == (2, 4, 36, 4)
     late = plan_retrain(150, 400, 2, 2, 4, 24)  # not even 12 epochs fit: full runs, overrunning, and it says so
     assert (late.seeds, late.epochs) == (2, 24) and "runs anyway" in late.note
 
