@@ -27,15 +27,13 @@ if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from experiments.benchmarks.parallel import emit, run_each  # noqa: E402
 from experiments.benchmarks.precision_quality import paired  # noqa: E402
 from experiments.config import TrainConfig, parse_overrides  # noqa: E402
 from experiments.device import device_name, resolve_device  # noqa: E402
@@ -165,28 +163,17 @@ def main(args: argparse.Namespace) -> int:
     prepare_data(cfg)  # decode once, before the parallel runs read the cache
     jobs = [(t, s) for s in args.seeds for t in TRAININGS]
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        def launch(job):
-            training, seed = job
-            to = Path(tmp) / f"{training}-{seed}.json"
-            cmd = [sys.executable, os.path.abspath(__file__), "--run-one", training, str(seed), "--to", str(to),
-                   "--arch", args.arch, "--image-size", str(args.image_size), "--epochs", str(args.epochs),
-                   "--ema-decay", str(args.ema_decay), "--set", *args.set] + (["--data", args.data] if args.data else [])
-            subprocess.run(cmd, check=True)
-            return json.loads(to.read_text())
-
-        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            runs = list(pool.map(launch, jobs))
+    runs = run_each(os.path.abspath(__file__), jobs, lambda job: [
+        "--arch", args.arch, "--image-size", str(args.image_size), "--epochs", str(args.epochs),
+        "--ema-decay", str(args.ema_decay), "--set", *args.set] + (["--data", args.data] if args.data else []),
+        args.jobs)
     out = {"device": device_name(resolve_device("auto")), "torch": torch.__version__, "arch": args.arch,
            "image_size": args.image_size, "epochs": args.epochs, "ema_decay": args.ema_decay, "seeds": args.seeds,
            "overrides": args.set, "n_test": len(runs[0]["age"]), "jobs": args.jobs,
            "wall_seconds": round(time.perf_counter() - started, 1),
            "train_seconds": {f"{r['training']}-{r['seed']}": round(r["seconds"], 1) for r in runs},
            "models": summarize(runs, args.seeds)}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(out, args.out)
     return 0
 
 

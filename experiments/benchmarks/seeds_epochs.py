@@ -18,18 +18,17 @@ if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from experiments.benchmarks.ablation import per_image  # noqa: E402
+from experiments.benchmarks.parallel import emit, run_each  # noqa: E402
 from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
 from experiments.device import device_name, resolve_device  # noqa: E402
-from experiments.objective import objective, predicted_female  # noqa: E402
+from experiments.objective import objective  # noqa: E402
 from experiments.train import Trainer, fit_parts, predict, prepare_data  # noqa: E402
 
 
@@ -71,9 +70,10 @@ def run_one(args: argparse.Namespace, epochs: int, seed: int) -> dict:
             "true_age": trainer.held_out_data.ages.tolist(), "gender": trainer.held_out_data.genders.tolist()}
 
 
-def scores(age: np.ndarray, p_female: np.ndarray, true_age: np.ndarray, gender: np.ndarray) -> tuple[float, float]:
-    acc = float((predicted_female(p_female) == (gender == 1)).mean())
-    return acc, float(np.abs(age - true_age).mean())
+def scores(run: dict, true_age: np.ndarray, gender: np.ndarray) -> tuple[float, float]:
+    """Gender accuracy and age MAE of a run's (or an ensemble's) ``age`` and ``p_female``."""
+    correct, abs_err = per_image(run, true_age, gender)
+    return float(correct.mean()), float(abs_err.mean())
 
 
 def summarize(runs: list[dict], epochs: list[int], seeds: list[int]) -> dict:
@@ -81,8 +81,7 @@ def summarize(runs: list[dict], epochs: list[int], seeds: list[int]) -> dict:
     true_age, gender = np.asarray(runs[0]["true_age"]), np.asarray(runs[0]["gender"])
     out = {}
     for e in epochs:
-        single = [scores(np.asarray(by[(e, s)]["age"]), np.asarray(by[(e, s)]["p_female"]), true_age, gender)
-                  for s in seeds]
+        single = [scores(by[(e, s)], true_age, gender) for s in seeds]
         acc, mae = zip(*single)
         row = {"train_seconds_per_run": round(float(np.mean([by[(e, s)]["seconds"] for s in seeds])), 1),
                "single": {"val_gender_acc": [round(float(np.mean(acc)), 4), round(float(np.std(acc, ddof=1)), 4)],
@@ -90,8 +89,8 @@ def summarize(runs: list[dict], epochs: list[int], seeds: list[int]) -> dict:
                "ensembles": {}}
         for n in range(2, len(seeds) + 1):
             members = [by[(e, s)] for s in seeds[:n]]
-            a, m = scores(np.mean([r["age"] for r in members], axis=0),
-                          np.mean([r["p_female"] for r in members], axis=0), true_age, gender)
+            a, m = scores({"age": np.mean([r["age"] for r in members], axis=0),
+                           "p_female": np.mean([r["p_female"] for r in members], axis=0)}, true_age, gender)
             row["ensembles"][f"{n}_seeds"] = {"val_gender_acc": round(a, 4), "val_age_mae": round(m, 3),
                                               "objective": round(objective(a, m), 4), "cost_epochs": n * e}
         out[f"{e}_epochs"] = row
@@ -105,25 +104,14 @@ def main(args: argparse.Namespace) -> int:
     prepare_data(base_config(args))  # decode once, before the parallel runs read the cache
     jobs = [(e, s) for e in sorted(args.epochs, reverse=True) for s in args.seeds]  # longest first: fewer idle cores
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        def launch(job):
-            epochs, seed = job
-            to = Path(tmp) / f"{epochs}-{seed}.json"
-            cmd = [sys.executable, os.path.abspath(__file__), "--run-one", str(epochs), str(seed), "--to", str(to),
-                   "--config", args.config, "--image-size", str(args.image_size), "--set", *args.set]
-            subprocess.run(cmd + (["--data", args.data] if args.data else []), check=True)
-            return json.loads(to.read_text())
-
-        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            runs = list(pool.map(launch, jobs))
+    runs = run_each(os.path.abspath(__file__), jobs, lambda job: [
+        "--config", args.config, "--image-size", str(args.image_size), "--set", *args.set]
+        + (["--data", args.data] if args.data else []), args.jobs)
     out = {"device": device_name(resolve_device("auto")), "torch": torch.__version__, "config": args.config,
            "image_size": args.image_size, "seeds": args.seeds, "overrides": args.set, "n_val": len(runs[0]["gender"]),
            "jobs": args.jobs, "wall_seconds": round(time.perf_counter() - started, 1),
            "by_epochs": summarize(runs, args.epochs, args.seeds)}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(out, args.out)
     return 0
 
 

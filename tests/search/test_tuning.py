@@ -47,10 +47,15 @@ def test_unknown_distribution_is_rejected():
         DefineByRun({"lr": (0.1, 0.2)})
 
 
-def test_stopped_trials_are_pruned_with_their_last_value():
+def one_parameter_searcher(max_epochs: int, budget=None) -> PrunedAwareOptunaSearch:
     searcher = PrunedAwareOptunaSearch(space=DefineByRun({"lr": Float(1e-4, 1e-2, log=True)}), metric="objective",
-                                       mode="min", max_epochs=10)
+                                       mode="min", max_epochs=max_epochs, budget=budget)
     searcher.set_search_properties(None, None, {})
+    return searcher
+
+
+def test_stopped_trials_are_pruned_with_their_last_value():
+    searcher = one_parameter_searcher(max_epochs=10)
     for trial_id in ("stopped", "full", "crashed"):
         searcher.suggest(trial_id)
         searcher.on_trial_result(trial_id, {"objective": 2.0, "training_iteration": 1})
@@ -72,9 +77,7 @@ def test_under_a_budget_no_trial_starts_that_could_not_finish(tmp_path):
     ledger = Ledger(tmp_path, 100.0)
     ledger.set_limit("scratch/search", 50.0)
     ledger.record("scratch/search", 20.0)  # an earlier run's time: 30 s of the share left
-    searcher = PrunedAwareOptunaSearch(space=DefineByRun({"lr": Float(1e-4, 1e-2, log=True)}), metric="objective",
-                                       mode="min", max_epochs=4, budget=BudgetStopper(tmp_path, "scratch/search"))
-    searcher.set_search_properties(None, None, {})
+    searcher = one_parameter_searcher(max_epochs=4, budget=BudgetStopper(tmp_path, "scratch/search"))
     assert isinstance(searcher.suggest("first"), dict)  # nothing measured yet: trials start
     for epoch in (1, 2):
         searcher.on_trial_result("first", {"objective": 1.0, "training_iteration": epoch, "time_this_iter_s": 7.0})
@@ -84,16 +87,12 @@ def test_under_a_budget_no_trial_starts_that_could_not_finish(tmp_path):
     assert searcher.suggest("third") == Searcher.FINISHED  # 4 × 8 s (median) = 32 s do not
     assert len(searcher._ot_study.trials) == 2  # no Optuna trial was asked for the refused one
     # a share no whole trial fits (4 × 20 s > 50 s): every trial is cut short anyway, so trials keep starting
-    slow = PrunedAwareOptunaSearch(space=DefineByRun({"lr": Float(1e-4, 1e-2, log=True)}), metric="objective",
-                                   mode="min", max_epochs=4, budget=BudgetStopper(tmp_path, "scratch/search"))
-    slow.set_search_properties(None, None, {})
+    slow = one_parameter_searcher(max_epochs=4, budget=BudgetStopper(tmp_path, "scratch/search"))
     slow.suggest("a")
     slow.on_trial_result("a", {"objective": 1.0, "training_iteration": 1, "time_this_iter_s": 20.0})
     assert isinstance(slow.suggest("b"), dict)
     # without a budget the epoch times change nothing
-    free = PrunedAwareOptunaSearch(space=DefineByRun({"lr": Float(1e-4, 1e-2, log=True)}), metric="objective",
-                                   mode="min", max_epochs=4)
-    free.set_search_properties(None, None, {})
+    free = one_parameter_searcher(max_epochs=4)
     free.suggest("a")
     free.on_trial_result("a", {"objective": 1.0, "training_iteration": 1, "time_this_iter_s": 1e6})
     assert isinstance(free.suggest("b"), dict)
