@@ -163,10 +163,12 @@ class RetrainPlan:
 # "Seeds or epochs"). Only when not even one wave of full runs fits what is left are they shortened, down to this
 # fraction of their epochs: the budget is the user's.
 MIN_EPOCH_FRACTION_TO_FIT = 0.5
-# ... and time the planned waves leave over lengthens the runs, up to this factor of their epochs: in the same
-# measurement 10 and 12 epochs of a cosine schedule lowered the MAE by 0.35 years against 8 (README, "Seeds or
-# epochs"); beyond 1.5× nothing was measured
-MAX_EPOCH_FACTOR = 1.5
+# Length pays before seeds, up to a point. In the same measurement 2 seeds of 16 epochs (objective 0.647) beat 4 of
+# 8 (0.748) at equal cost and 4 of 12 (0.690) at less, and 2 of 24 (0.706) were worse than 2 of 16: so runs are
+# lengthened up to MAX_EPOCH_FACTOR × their epochs before the time goes to further waves of seeds, and only runs at
+# least LONG_EPOCH_FACTOR × as long are shortened to let such waves in (4 seeds of 12 beat 2 of 12, 0.690 / 0.696)
+MAX_EPOCH_FACTOR = 2.0
+LONG_EPOCH_FACTOR = 1.5
 
 
 def _fit(seconds_left: float, run_seconds: float, concurrency: int, max_configs: int, max_seeds: int
@@ -182,33 +184,32 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
                  max_seeds: int, epochs: int | None = None) -> RetrainPlan:
     """How many configurations × seeds of ``run_seconds`` each fit in ``seconds_left`` with ``concurrency`` at once.
 
-    Full-length runs come first, then seeds of the best configuration (they make the exported ensemble), then longer
-    runs, then further configurations (which only the report compares). Given ``epochs``, runs are shortened only
-    when not even one wave of full runs fits: to the longest that does, down to ``MIN_EPOCH_FRACTION_TO_FIT`` of
-    them; when full runs fit, the time the best configuration's waves leave lengthens them, up to
-    ``MAX_EPOCH_FACTOR`` × ``epochs``, and further configurations come in only where waves are left at that length.
-    At least one wave is always planned, even if it overruns the budget (a search must hand over a model).
+    Without ``epochs`` the runs keep their length: seeds of the best configuration first (they make the exported
+    ensemble), then further configurations (which only the report compares), in as many waves as fit. Given
+    ``epochs``, each length from ``MAX_EPOCH_FACTOR`` × ``epochs`` down is filled that way, and the plan is the
+    one with the most seeds, then the longest runs, then the most configurations, among lengths of at least
+    ``LONG_EPOCH_FACTOR`` × ``epochs``; where none of those fits, the longest runs that fit (one wave, its seeds),
+    down to ``MIN_EPOCH_FRACTION_TO_FIT`` of ``epochs``. At least one wave is always planned, even if it overruns
+    the budget (a search must hand over a model).
     """
-    def option(e: int | None, configs: int = max_configs) -> RetrainPlan:
+    def option(e: int | None) -> RetrainPlan:
         seconds = run_seconds * (e / epochs if epochs else 1.0)
-        configs, seeds, waves = _fit(seconds_left, seconds, concurrency, configs, max_seeds)
+        # (the 1e-9 keeps a rounding error from costing a wave, and with it seeds)
+        configs, seeds, waves = _fit(seconds_left * (1 + 1e-9), seconds, concurrency, max_configs, max_seeds)
         return RetrainPlan(configs, seeds, waves, waves * seconds, "", e)
 
     if not epochs:
         plan = option(None)
     else:
         lowest = max(1, math.ceil(MIN_EPOCH_FRACTION_TO_FIT * epochs))
-        fitting = [option(e) for e in range(epochs, lowest - 1, -1)]
-        fitting = [p for p in fitting if p.seconds <= seconds_left]
-        plan = fitting[0] if fitting else option(epochs)  # full runs if they fit, else the longest runs that do
-        if plan.epochs == epochs and plan.seconds <= seconds_left and run_seconds > 0:
-            best_only = option(epochs, configs=1)  # the waves the best configuration's seeds need
-            per_epoch = run_seconds / epochs
-            # (the 1e-9 keeps a rounding error from costing a wave, and with it seeds)
-            fill = math.floor(seconds_left / best_only.waves / per_epoch * (1 - 1e-9))
-            longer = min(math.floor(MAX_EPOCH_FACTOR * epochs), fill)
-            plan = option(max(epochs, longer))
-    if plan.seconds > seconds_left:
+        fitting = [option(e) for e in range(math.floor(MAX_EPOCH_FACTOR * epochs), lowest - 1, -1)]
+        fitting = [p for p in fitting if p.seconds <= seconds_left * (1 + 1e-9)]
+        long_enough = [p for p in fitting if p.epochs >= LONG_EPOCH_FACTOR * epochs]
+        if long_enough:
+            plan = max(long_enough, key=lambda p: (p.seeds, p.epochs, p.configs))
+        else:  # the longest runs that fit, full length or shortened; full runs overrunning where none does
+            plan = fitting[0] if fitting else option(epochs)
+    if plan.seconds > seconds_left * (1 + 1e-9):
         plan = dataclasses.replace(plan, note=f"one retraining run ({plan.seconds / plan.waves:.0f} s) is longer than "
                                               f"the {seconds_left:.0f} s left; it runs anyway")
     return plan

@@ -70,21 +70,27 @@ def test_retrain_plan(left, run, conc, k, seeds, expect):
 
 
 @pytest.mark.parametrize("left, epochs, expect", [
-    (800, 24, (4, 24)),   # 2 waves of full runs fit exactly: 4 seeds at every epoch
-    (910, 24, (4, 27)),   # 2 waves, 55 s to spare each: 27 epochs (16.7 s each) fill them
-    (510, 24, (2, 30)),   # 1 wave (23 epochs would fit two: runs are not shortened for seeds), lengthened to fill it
-    (780, 24, (2, 36)),   # 1 wave, lengthened up to 1.5× its epochs, not beyond
-    (1010, 24, (4, 30)),  # 4 seeds in 2 waves, lengthened to 30 epochs before a second configuration comes in
+    (1600, 24, (4, 48)),  # 2 waves of runs twice as long fit exactly: 4 seeds, lengthened to 2×
+    (1300, 24, (4, 39)),  # 2 waves of runs ≥ 1.5× fit: 4 seeds, lengthened as far as 2 waves allow
+    (1100, 24, (2, 48)),  # 2 waves would need runs shorter than 1.5× (33 epochs): 2 seeds, lengthened to 2×
+    (800, 24, (2, 48)),   # 2 waves of full runs would fit; one wave of runs twice as long is measured better
+    (510, 24, (2, 30)),   # 1 wave, lengthened to fill it
+    (400, 24, (2, 24)),   # 1 wave of full runs, exactly
     (300, 24, (2, 18)),   # not one wave of full runs fits: the longest runs that do (≥ 50%)
 ])
-def test_retrain_plan_shortens_runs_only_to_fit_and_lengthens_them_to_fill(left, epochs, expect):
+def test_retrain_plan_lengthens_runs_before_adding_seeds_and_shortens_them_only_to_fit(left, epochs, expect):
     plan = plan_retrain(left, 400, 2, 2, 4, epochs)  # a full run is 400 s
     assert (plan.seeds, plan.epochs) == expect
-    assert plan.seconds <= left and plan.seconds == pytest.approx(plan.waves * 400 * plan.epochs / epochs)
+    assert plan.seconds <= left * (1 + 1e-9)
+    assert plan.seconds == pytest.approx(plan.waves * 400 * plan.epochs / epochs)
     assert not plan.note
     assert plan.configs == 1
-    both = plan_retrain(4000, 400, 2, 2, 4, 24)  # room for everything: 2 configurations × 4 seeds at 36 epochs
-    assert (both.configs, both.seeds, both.epochs, both.waves) == (2, 4, 36, 4)
+    # room for everything: 2 configurations × 4 seeds at 48 epochs; the best configuration's runs are lengthened
+    # before a second configuration comes in
+    both = plan_retrain(4000, 400, 2, 2, 4, 24)
+    assert (both.configs, both.seeds, both.epochs, both.waves) == (2, 4, 48, 4)
+    seeds_first = plan_retrain(2400, 400, 2, 2, 4, 24)  # 3 waves: 6 runs at 48 epochs would allow 2 configurations
+    assert (seeds_first.configs, seeds_first.seeds, seeds_first.epochs) == (1, 4, 48)
     late = plan_retrain(150, 400, 2, 2, 4, 24)  # not even 12 epochs fit: full runs, overrunning, and it says so
     assert (late.seeds, late.epochs) == (2, 24) and "runs anyway" in late.note
 
