@@ -278,15 +278,16 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
     ranked = best_configs(trials, data.base_config, k=s.retrain_top_k)
     stopper = None
     if s.budget_s is not None:
-        from search.budget import BudgetStopper, Ledger, format_duration, plan_retrain
+        from search.budget import RETRAIN_PROJECTION_FACTOR, BudgetStopper, Ledger, format_duration, plan_retrain
 
         # the retraining has no limit in the ledger: it is planned to fit, its time recorded, a started run never cut
         ledger = Ledger(s.root, s.budget_s)
         left = ledger.retrain_seconds(s.archs, arch)
         if ranked and not resume:
-            # one retraining run: the search's measured epoch time, scaled to train+val, for the full epochs
+            # one retraining run: the search's measured epoch time, scaled to train+val and by what retraining
+            # runs were measured to take beyond it, for the full epochs
             split = data.split
-            scale = (len(split.train) + len(split.val)) / max(1, len(split.train))
+            scale = (len(split.train) + len(split.val)) / max(1, len(split.train)) * RETRAIN_PROJECTION_FACTOR
             row = trials[trials["trial_id"] == ranked[0]["trial_id"]].iloc[0]
             full = ranked[0]["config"]["epochs"]
             run_seconds = float(row["iter_seconds"]) * scale * full
