@@ -22,9 +22,9 @@ PRESETS = {
         "reduction_factor": 2,
         "retrain_top_k": 2,
         # upper bounds: the budget plans how many run. 9 minutes on 2 cores: the first two trials (the study's recipe
-        # and the project's found configuration) take about 3½ of the search's 4¼ minutes, no third fits, and 2
-        # seeds of 8 epochs fill the rest. 4 seeds would need 12 minutes; shorter runs for more seeds scored worse
-        # on validation (README, "Seeds or epochs")
+        # and the project's found configuration) take 3–3½ of the search's 4¼ minutes, no third fits, and one wave
+        # of 2 seeds, lengthened to 9–10 epochs, fills the rest; longer runs pay before more seeds (README, "Seeds
+        # or epochs")
         "retrain_seeds": 4,
         "budget_s": 540.0,
         # the scratch CNN learns from nothing: 8 epochs starve it (87.6% / 7.13 after a 30-minute budget), one
