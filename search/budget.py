@@ -197,10 +197,11 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
     down to ``MIN_EPOCH_FRACTION_TO_FIT`` of ``epochs``. At least one wave is always planned, even if it overruns
     the budget (a search must hand over a model).
     """
+    room = seconds_left * (1 + 1e-9)  # (keeps a rounding error from costing a wave, and with it seeds)
+
     def option(e: int | None) -> RetrainPlan:
         seconds = run_seconds * (e / epochs if epochs else 1.0)
-        # (the 1e-9 keeps a rounding error from costing a wave, and with it seeds)
-        configs, seeds, waves = _fit(seconds_left * (1 + 1e-9), seconds, concurrency, max_configs, max_seeds)
+        configs, seeds, waves = _fit(room, seconds, concurrency, max_configs, max_seeds)
         return RetrainPlan(configs, seeds, waves, waves * seconds, "", e)
 
     if not epochs:
@@ -208,13 +209,13 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
     else:
         lowest = max(1, math.ceil(MIN_EPOCH_FRACTION_TO_FIT * epochs))
         fitting = [option(e) for e in range(math.floor(MAX_EPOCH_FACTOR * epochs), lowest - 1, -1)]
-        fitting = [p for p in fitting if p.seconds <= seconds_left * (1 + 1e-9)]
+        fitting = [p for p in fitting if p.seconds <= room]
         long_enough = [p for p in fitting if p.epochs >= LONG_EPOCH_FACTOR * epochs]
         if long_enough:
             plan = max(long_enough, key=lambda p: (p.seeds, p.epochs, p.configs))
         else:  # the longest runs that fit, full length or shortened; full runs overrunning where none does
             plan = fitting[0] if fitting else option(epochs)
-    if plan.seconds > seconds_left * (1 + 1e-9):
+    if plan.seconds > room:
         plan = dataclasses.replace(plan, note=f"one retraining run ({plan.seconds / plan.waves:.0f} s) is longer than "
                                               f"the {seconds_left:.0f} s left; it runs anyway")
     return plan

@@ -284,13 +284,13 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
         ledger = Ledger(s.root, s.budget_s)
         left = ledger.retrain_seconds(s.archs, arch)
         if ranked and not resume:
-            # one retraining run: the search's measured epoch time, scaled to train+val and by what retraining
-            # runs were measured to take beyond it, for the full epochs
+            # one retraining run: the search's measured epoch time, scaled to train+val, for the full epochs, and
+            # by what retraining runs were measured to take beyond that projection
             split = data.split
-            scale = (len(split.train) + len(split.val)) / max(1, len(split.train)) * RETRAIN_PROJECTION_FACTOR
+            scale = (len(split.train) + len(split.val)) / max(1, len(split.train))
             row = trials[trials["trial_id"] == ranked[0]["trial_id"]].iloc[0]
             full = ranked[0]["config"]["epochs"]
-            run_seconds = float(row["iter_seconds"]) * scale * full
+            run_seconds = float(row["iter_seconds"]) * scale * full * RETRAIN_PROJECTION_FACTOR
             plan = plan_retrain(left, run_seconds, concurrency, s.retrain_top_k, s.retrain_seeds, full)
             top_k, n_seeds = plan.configs, plan.seeds
             ledger.set_retrain_epochs(arch, plan.epochs)  # always: a new plan replaces an earlier one's epochs

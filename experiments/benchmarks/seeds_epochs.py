@@ -3,12 +3,12 @@
     python experiments/benchmarks/seeds_epochs.py --data ../shared/data/utkface-5k --config tuned_b \
         --epochs 5 6 8 --seeds 0 1 2 3 --jobs 2 --out seeds_epochs.json
 
-A budgeted retraining (``search.budget.plan_retrain``) chooses between more seeds and longer runs (a cosine schedule,
-so a run of any length anneals); ``--image-size`` measures what a larger face costs and buys. This trains the configuration for
-each epoch count with each seed — on the train split, scored on the validation split, so the choice it informs
-never looks at the test split — and reports, per epoch count, the single runs (mean ± std over seeds) and the
-ensembles of the first n seeds (mean of their ages and P(female)), with the training seconds each costs; rows of
-equal cost (seeds × epochs) are the comparison the planner makes.
+A budgeted retraining (``search.budget.plan_retrain``) chooses between more seeds and longer runs (a cosine
+schedule, so a run of any length anneals); ``--image-size`` measures what a larger face costs and buys. This trains
+the configuration for each epoch count with each seed — on the train split, scored on the validation split, so the
+choice it informs never looks at the test split — and reports, per epoch count, the single runs (mean ± std over
+seeds) and the ensembles of the first n seeds (mean of their ages and P(female)), with the training seconds each
+costs; rows of equal cost (seeds × epochs) are the comparison the planner makes.
 """
 import os
 import sys
