@@ -122,7 +122,7 @@ def test_raising_and_diverging_trials_do_not_end_the_search(local_ray, data_dir,
     raised = rows["reason"].str.contains("lr must be positive", na=False)
     assert diverged.any() and raised.any()
     assert (rows.loc[diverged | raised, "status"] == "failed").all()
-    assert (rows["status"] == "completed").sum() == (~(diverged | raised)).sum() >= 1
+    assert (rows["status"] == "completed").sum() == (~(diverged | raised)).sum() >= 1, rows[["status", "reason"]]
     assert (rows.loc[rows["status"] == "completed", "config/lr"] == 1e-3).all()
 
 
