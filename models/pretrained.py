@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from models.heads import AgeGenderNet
@@ -28,6 +27,10 @@ class AdditiveNeck(nn.Module):
 
 def mobilenet_v2(state: dict[str, torch.Tensor] | None) -> tuple[nn.Module, int]:
     """MobileNetV2's feature extractor; ``state`` (the full ImageNet classifier's state dict) loads strictly."""
+    # imported here: torchvision pulls in torch._dynamo, 2-3 s that every command and trial process would pay
+    # at start-up, though only this architecture needs it
+    import torchvision
+
     net = torchvision.models.mobilenet_v2()
     if state is not None:
         net.load_state_dict(state, strict=True)
