@@ -25,12 +25,27 @@ NO_BUDGET = "none"  # --budget none: bounded by trials and epochs only (override
 SEARCH_SHARE = 0.5  # of an architecture's share; the retraining gets what the search left
 REPORT_RESERVE_S = 30.0  # the report and the driver's own start-up, kept out of the stages' shares
 # A retraining run takes longer than the search's epoch times (scaled to train+validation) say: each wave starts
-# its runs' processes and data, and a run scores the test split after every epoch. Measured on 2 cores:
-# 923 s for a plan projected at 876 s (1.05×) and 768 s for 664 s (1.16×), so the plan projects 1.1× and keeps
-# the whole run inside its budget in the usual case
+# its runs' processes and data. Measured on 2 cores, when runs still scored the test split every epoch: 923 s for a
+# plan projected at 876 s (1.05×) and 768 s for 664 s (1.16×), so the plan projects 1.1× and keeps the whole run
+# inside its budget in the usual case
 RETRAIN_PROJECTION_FACTOR = 1.1
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def project_run_seconds(iter_seconds: float, epochs: int, scale: float, epoch_seconds: float | None = None,
+                        score_seconds: float | None = None) -> float:
+    """Seconds one retraining run of ``epochs`` epochs will take, from a search trial's mean epoch times.
+
+    ``iter_seconds`` is the trial's whole epoch (training, scoring the validation split, checkpoint);
+    ``epoch_seconds`` its training alone and ``score_seconds`` its scoring. The run trains on ``scale`` × as many
+    faces, checkpoints every epoch and scores its test split (as large as the validation split) once, after its
+    last epoch. Without the parts (a search from before they were reported), the whole epoch is scaled.
+    """
+    if epoch_seconds is None or score_seconds is None or not (math.isfinite(epoch_seconds) and math.isfinite(score_seconds)):
+        return iter_seconds * scale * epochs * RETRAIN_PROJECTION_FACTOR
+    checkpoint = max(0.0, iter_seconds - epoch_seconds - score_seconds)
+    return ((epoch_seconds * scale + checkpoint) * epochs + score_seconds) * RETRAIN_PROJECTION_FACTOR
 
 
 def parse_duration(text: str) -> float:

@@ -308,8 +308,8 @@ def _save(fig, path: Path) -> Path:
 
 def learning_curves(doc: Doc, results: dict[str, ArchResults], out: Path) -> None:
     doc.heading(SECTIONS[2])
-    doc.para("Solid: the marked retrained model (trained on train+validation; its held-out curve is the test "
-             "split, shown for reading only — no choice was made on it). Dashed: the best search trial "
+    doc.para("Solid: the marked retrained model (trained on train+validation; the dot is its score on the test "
+             "split, taken after the last epoch only — no choice was made on it). Dashed: the best search trial "
              "(train and validation splits).")
     for arch, r in results.items():
         if not r.best_model or r.best_model["trial_id"] not in r.retrain_histories:
@@ -322,7 +322,7 @@ def learning_curves(doc: Doc, results: dict[str, ArchResults], out: Path) -> Non
                   "test_gender_acc", "val_gender_acc"), ("age MAE (years)", "train_age_mae", "test_age_mae", "val_age_mae")]
         for ax, (title, train, test, val) in zip(axes, panels):
             ax.plot(h["training_iteration"], h[train], label="retrain: train", color="C0")
-            ax.plot(h["training_iteration"], h[test], label="retrain: test", color="C1")
+            ax.plot(h["training_iteration"], h[test], "o-", label="retrain: test", color="C1")
             if s is not None:
                 ax.plot(s["training_iteration"], s[train], "--", label="search best: train", color="C0", alpha=0.6)
                 ax.plot(s["training_iteration"], s[val], "--", label="search best: validation", color="C2")

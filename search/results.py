@@ -62,6 +62,9 @@ def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int) -> pd.
             row["nodes"] = len(set(history["node_id"].dropna()))
         if history is not None and "time_this_iter_s" in history:  # an epoch with its validation and checkpoint
             row["iter_seconds"] = float(history["time_this_iter_s"].mean())
+        for part in ("epoch_seconds", "score_seconds"):  # its training and its scoring (the retraining's projection)
+            if history is not None and part in history:
+                row[part] = float(history[part].mean())
         row.update({f"config/{k}": v for k, v in sorted((result.config or {}).items())})
         scored = history.dropna(subset=[METRIC]) if history is not None and METRIC in history else None
         if scored is not None and len(scored):

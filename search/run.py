@@ -278,19 +278,19 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
     ranked = best_configs(trials, data.base_config, k=s.retrain_top_k)
     stopper = None
     if s.budget_s is not None:
-        from search.budget import RETRAIN_PROJECTION_FACTOR, BudgetStopper, Ledger, format_duration, plan_retrain
+        from search.budget import BudgetStopper, Ledger, format_duration, plan_retrain, project_run_seconds
 
         # the retraining has no limit in the ledger: it is planned to fit, its time recorded, a started run never cut
         ledger = Ledger(s.root, s.budget_s)
         left = ledger.retrain_seconds(s.archs, arch)
         if ranked and not resume:
-            # one retraining run: the search's measured epoch time, scaled to train+val, for the full epochs, and
-            # by what retraining runs were measured to take beyond that projection
+            # one retraining run, projected from the best trial's measured epoch times, training scaled to train+val
             split = data.split
             scale = (len(split.train) + len(split.val)) / max(1, len(split.train))
             row = trials[trials["trial_id"] == ranked[0]["trial_id"]].iloc[0]
             full = ranked[0]["config"]["epochs"]
-            run_seconds = float(row["iter_seconds"]) * scale * full * RETRAIN_PROJECTION_FACTOR
+            run_seconds = project_run_seconds(float(row["iter_seconds"]), full, scale, row.get("epoch_seconds"),
+                                              row.get("score_seconds"))
             plan = plan_retrain(left, run_seconds, concurrency, s.retrain_top_k, s.retrain_seeds, full)
             top_k, n_seeds = plan.configs, plan.seeds
             ledger.set_retrain_epochs(arch, plan.epochs)  # always: a new plan replaces an earlier one's epochs

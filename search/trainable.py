@@ -51,15 +51,17 @@ def limit_resources() -> dict[str, Any]:
     return dict(zip(PLACEMENT, (ray.get_runtime_context().get_node_id(), float(cpus), float(gpu_share), time.time())))
 
 
-def restored_trainer(cfg: TrainConfig, data: TrialData, held_out: str = "val") -> tuple[Trainer, Faces]:
+def restored_trainer(cfg: TrainConfig, data: TrialData, held_out: str = "val",
+                     score_each_epoch: bool = True) -> tuple[Trainer, Faces]:
     """A Trainer for ``cfg`` on the shared data, scoring on the ``held_out`` part ("val", or "test" for a final
-    retraining on train+val), restored from Tune's checkpoint when the trial is a retry or a resumed one; also
-    returns the held-out faces."""
+    retraining on train+val; every epoch, or after the last one only), restored from Tune's checkpoint when the
+    trial is a retry or a resumed one; also returns the held-out faces."""
     if cfg.image_size not in data.faces:
         raise ValueError(f"the search decoded faces at {sorted(data.faces)} px, but this trial asks for "
                          f"{cfg.image_size} px; set the size with --image-size")
     train, held_out_faces = fit_parts(data.faces[cfg.image_size], data.split, cfg)
-    trainer = Trainer(cfg, train, held_out_faces, imagenet_state=data.imagenet_state, held_out=held_out)
+    trainer = Trainer(cfg, train, held_out_faces, imagenet_state=data.imagenet_state, held_out=held_out,
+                      score_each_epoch=score_each_epoch)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -32,6 +33,24 @@ def test_three_epochs_beat_the_constant_predictor(small):
     majority = max(val.genders.float().mean().item(), 1 - val.genders.float().mean().item())
     assert last["val_age_mae"] < constant_mae - 1.0
     assert last["val_gender_acc"] > majority + 0.03
+
+
+def test_a_final_retraining_scores_its_held_out_part_after_the_last_epoch_only(small):
+    cfg, faces, split = small
+    cfg = TrainConfig.from_dict({"epochs": 3, "max_images": 300}, cfg)
+    train, test = fit_parts(faces, split, cfg)
+    every = list(Trainer(cfg, train, test, held_out="test").epochs())
+    last_only = list(Trainer(cfg, train, test, held_out="test", score_each_epoch=False).epochs())
+    for m in last_only[:-1]:
+        assert all(math.isnan(m[k]) for k in ("test_loss", "test_gender_acc", "test_age_mae", "objective"))
+        assert m["score_seconds"] == 0.0
+    assert last_only[-1]["score_seconds"] > 0 and every[0]["score_seconds"] > 0
+    # the same training (scoring draws no random numbers), so the same final scores
+    for k in ("train_loss", "test_loss", "test_gender_acc", "test_age_mae", "objective"):
+        assert last_only[-1][k] == pytest.approx(every[-1][k], rel=1e-5)
+    # ReduceLROnPlateau steps on the held-out objective, so it is scored every epoch whatever was asked
+    plateau = TrainConfig.from_dict({"epochs": 2, "schedule": "plateau"}, cfg)
+    assert all(math.isfinite(m["objective"]) for m in Trainer(plateau, train, test, score_each_epoch=False).epochs())
 
 
 def test_checkpoint_is_plain_and_resumes_exactly(small, tmp_path):

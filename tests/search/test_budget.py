@@ -95,6 +95,17 @@ def test_retrain_plan_lengthens_runs_before_adding_seeds_and_shortens_them_only_
     assert (late.seeds, late.epochs) == (2, 24) and "runs anyway" in late.note
 
 
+def test_a_retraining_run_is_projected_from_the_trials_training_and_scoring_times():
+    from search.budget import RETRAIN_PROJECTION_FACTOR, project_run_seconds
+
+    # a search epoch of 30 s: 24 s training, 5 s scoring the validation split, 1 s checkpoint; 1.2× the faces
+    run = project_run_seconds(30.0, 10, 1.2, epoch_seconds=24.0, score_seconds=5.0)
+    assert run == pytest.approx(((24 * 1.2 + 1) * 10 + 5) * RETRAIN_PROJECTION_FACTOR)
+    assert run < project_run_seconds(30.0, 10, 1.2)  # the whole epoch scaled: what a search without the parts gets
+    assert project_run_seconds(30.0, 10, 1.2) == pytest.approx(30 * 1.2 * 10 * RETRAIN_PROJECTION_FACTOR)
+    assert project_run_seconds(30.0, 10, 1.2, float("nan"), float("nan")) == project_run_seconds(30.0, 10, 1.2)
+
+
 def test_a_budgeted_search_stops_plans_its_retraining_and_resumes(data_dir, tmp_path):
     import json
 
