@@ -112,6 +112,9 @@ def predict(model: AgeGenderNet, images: torch.Tensor | TensorData, batch_size: 
     return torch.cat(ages), torch.cat(probs)
 
 
+HELD_OUT_METRICS = ("loss", "gender_acc", "age_mae", METRIC)  # the keys of score()
+
+
 def score(model: AgeGenderNet, data: TensorData, age_weight: float,
           precision: Precision | None = None) -> dict[str, float]:
     """Loss, gender accuracy and age MAE of ``model`` on ``data``, plus the objective."""
@@ -121,7 +124,7 @@ def score(model: AgeGenderNet, data: TensorData, age_weight: float,
     loss, _, _ = loss_terms(age_pred, logit, age, gender, age_weight)
     acc = gender_accuracy(prob, gender)
     mae = (age_pred - age).abs().mean().item()
-    return {"loss": loss.item(), "gender_acc": acc, "age_mae": mae, METRIC: objective(acc, mae)}
+    return dict(zip(HELD_OUT_METRICS, (loss.item(), acc, mae, objective(acc, mae))))
 
 
 def _param_groups(model: AgeGenderNet, cfg: TrainConfig) -> list[dict]:
@@ -146,7 +149,6 @@ def make_optimizer(model: AgeGenderNet, cfg: TrainConfig) -> torch.optim.Optimiz
 
 
 HELD_OUT_PARTS = ("val", "test")
-HELD_OUT_METRICS = ("loss", "gender_acc", "age_mae", METRIC)  # what score() returns
 
 
 class Trainer:

@@ -42,7 +42,7 @@ def project_run_seconds(iter_seconds: float, epochs: int, scale: float, epoch_se
     faces, checkpoints every epoch and scores its test split (as large as the validation split) once, after its
     last epoch. Without the parts (a search from before they were reported), the whole epoch is scaled.
     """
-    if epoch_seconds is None or score_seconds is None or not (math.isfinite(epoch_seconds) and math.isfinite(score_seconds)):
+    if epoch_seconds is None or score_seconds is None or not math.isfinite(epoch_seconds + score_seconds):
         return iter_seconds * scale * epochs * RETRAIN_PROJECTION_FACTOR
     checkpoint = max(0.0, iter_seconds - epoch_seconds - score_seconds)
     return ((epoch_seconds * scale + checkpoint) * epochs + score_seconds) * RETRAIN_PROJECTION_FACTOR

@@ -23,8 +23,8 @@ PRESETS = {
         "retrain_top_k": 2,
         # upper bounds: the budget plans how many run. 9 minutes on 2 cores: the first two trials (the study's recipe
         # and the project's found configuration) take 3–3½ of the search's 4¼ minutes, no third fits, and one wave
-        # of 2 seeds, lengthened to 9–10 epochs, fills the rest; longer runs pay before more seeds (README, "Seeds
-        # or epochs")
+        # of 2 seeds fills the rest, its runs lengthened to 8–11 epochs as the machine's speed allows; longer runs
+        # pay before more seeds (README, "Seeds or epochs")
         "retrain_seeds": 4,
         "budget_s": 540.0,
         # the scratch CNN learns from nothing: 8 epochs starve it (87.6% / 7.13 after a 30-minute budget), one
