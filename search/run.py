@@ -1,6 +1,6 @@
 """Search the hyperparameters of one or both architectures with Ray Tune, Optuna's TPE and ASHA.
 
-    python search/run.py --arch pretrained --preset quick --data ../shared/data/utkface-5k   # 9 minutes on a laptop
+    python search/run.py --arch pretrained --preset quick --data ../shared/data/utkface-5k   # 9½ minutes on a laptop
     python search/run.py --arch scratch --preset full --gpus-per-trial 0.25        # 4 trials per GPU
     python search/run.py --arch pretrained --address auto --storage-path /shared/runs  # an existing cluster
     python search/run.py --arch pretrained --preset quick --resume                        # after an interruption
@@ -21,6 +21,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import socket  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 # Tune warns on every experiment snapshot that a per-epoch checkpoint forces; with one checkpoint an epoch
@@ -53,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, choices=ARCH_CHOICES, help="architecture(s) to search (default: both)")
     p.add_argument("--data", default=None, help="folder of UTKFace crops (default: $UTKFACE_DIR)")
     p.add_argument("--preset", default=None, choices=tuple(PRESETS),
-                   help=f"quick: a 9-minute search on a laptop; smoke: every stage in a minute; full: the real search "
+                   help=f"quick: a 9½-minute search on a laptop; smoke: every stage in a minute; full: the real search "
                         f"(default: {GPU_PRESET} where a GPU or --address is, else {CPU_PRESET})")
     p.add_argument("--name", default=None, help="experiment name (default: the preset's name)")
     p.add_argument("--storage-path", default=None,
@@ -364,10 +365,12 @@ def main(args: argparse.Namespace) -> int:
                 if experiment_exists(s, arch) or settings_path(s.root).is_file():
                     raise UsageError(f"experiment {s.experiment_dir(arch)} already exists; pass --resume to "
                                      "continue it or --name NEW to start another")
+        setup_started = time.monotonic()
         faces, split, new_split = load_data(s, searching, args.resume)
         if training:
             resources = connect_ray(s)
             gpus_per_trial, concurrency = plan_resources(s, resources, s.num_samples)
+        setup_seconds = time.monotonic() - setup_started
     except (UsageError, NoUsableImagesError, TooFewImagesError, SplitMismatchError, FileNotFoundError,
             NotADirectoryError, PermissionError) as err:
         return _refuse(str(err))
@@ -378,6 +381,10 @@ def main(args: argparse.Namespace) -> int:
         save_new(s)
     else:
         record_resume(s, args.stage)
+    if training and s.budget_s is not None:
+        from search.budget import SETUP_STAGE, Ledger
+
+        Ledger(s.root, s.budget_s).add(SETUP_STAGE, setup_seconds)
     print(f"data: {faces.report.usable} usable images in {s.data_dir} ({sum(faces.report.skipped.values())} skipped); "
           f"split {len(split.train)}/{len(split.val)}/{len(split.test)} at {s.image_size}px")
     if training:

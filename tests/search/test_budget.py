@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from search.budget import (BUDGET_FILE, REPORT_RESERVE_S, SEARCH_SHARE, BudgetStopper, Ledger, format_duration,
-                           parse_duration, plan_retrain)
+from search.budget import (BUDGET_FILE, REPORT_RESERVE_S, SEARCH_SHARE, SETUP_STAGE, BudgetStopper, Ledger,
+                           format_duration, parse_duration, plan_retrain)
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("45", 45),
@@ -35,8 +35,14 @@ def test_shares_follow_what_earlier_stages_spent(tmp_path):
     # scratch left 100 s of its share unused: the pretrained model gets it
     assert ledger.arch_share(archs, "pretrained") == pytest.approx(usable - 200.0)
     assert ledger.retrain_seconds(archs, "scratch") == pytest.approx(usable / 2 - 200.0)
+    # the set-up (reading the faces, starting Ray) is taken from the budget before the architectures share it
+    ledger.add(SETUP_STAGE, 40.0)
+    ledger.add(SETUP_STAGE, 20.0)
+    assert ledger.spent[SETUP_STAGE] == 60.0
+    assert ledger.arch_share(archs, "pretrained") == pytest.approx(usable - 60.0 - 200.0)
     again = Ledger(tmp_path)  # a resumed run reads the budget and what was spent
-    assert again.budget_s == 630.0 and again.spent == {"scratch/search": 100.0, "scratch/retrain": 100.0}
+    assert again.budget_s == 630.0
+    assert again.spent == {"scratch/search": 100.0, "scratch/retrain": 100.0, SETUP_STAGE: 60.0}
     assert (tmp_path / BUDGET_FILE).is_file()
 
 
@@ -113,12 +119,14 @@ def test_a_budgeted_search_stops_plans_its_retraining_and_resumes(data_dir, tmp_
 
     args = ["--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "b", *TINY,
             "--num-samples", "500", "--max-epochs", "2", "--grace-period", "2"]
-    budgeted = [a if a != "none" else "50s" for a in args]  # TINY says --budget none
+    budgeted = [a if a != "none" else "60s" for a in args]  # TINY says --budget none
     result = run_cli(*budgeted)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ledger = json.loads((tmp_path / "b" / BUDGET_FILE).read_text())
     limit = ledger["limits"]["scratch/search"]
-    assert limit == pytest.approx(SEARCH_SHARE * (50 - REPORT_RESERVE_S))
+    setup = ledger["spent"][SETUP_STAGE]  # reading the faces and starting Ray come out of the budget first
+    assert 0 < setup < 60 - REPORT_RESERVE_S
+    assert limit == pytest.approx(SEARCH_SHARE * (60 - REPORT_RESERVE_S - setup))
     # the search stopped on its share, or when no whole trial fitted what was left of it; not on its 500 trials
     spent = ledger["spent"]["scratch/search"]
     assert spent < limit + 30
@@ -128,11 +136,13 @@ def test_a_budgeted_search_stops_plans_its_retraining_and_resumes(data_dir, tmp_
     assert "of the budget left for retraining" in result.stdout
     assert "time budget" in (tmp_path / "b" / "report" / "report.md").read_text()
     # a resume may change the budget (recorded); a search that ended on its budget stays ended
-    more = [a if a != "50s" else "70s" for a in budgeted] + ["--resume"]
+    more = [a if a != "60s" else "80s" for a in budgeted] + ["--resume"]
     result = run_cli(*more)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     again = json.loads((tmp_path / "b" / BUDGET_FILE).read_text())
-    assert again["limits"]["scratch/search"] == pytest.approx(SEARCH_SHARE * (70 - REPORT_RESERVE_S))
+    assert again["spent"][SETUP_STAGE] > setup  # the resumed run's own set-up is added
+    setup = again["spent"][SETUP_STAGE]
+    assert again["limits"]["scratch/search"] == pytest.approx(SEARCH_SHARE * (80 - REPORT_RESERVE_S - setup))
     assert again["spent"]["scratch/search"] == pytest.approx(ledger["spent"]["scratch/search"], abs=5)
     resumes = json.loads((tmp_path / "b" / "search_settings.json").read_text())["resumes"]
-    assert resumes[-1]["changed"] == {"budget_s": 70.0}
+    assert resumes[-1]["changed"] == {"budget_s": 80.0}
