@@ -25,13 +25,13 @@ BUDGET_FILE = "budget.json"
 NO_BUDGET = "none"  # --budget none: bounded by trials and epochs only (overrides a preset's budget)
 SEARCH_SHARE = 0.5  # of an architecture's share; the retraining gets what the search left
 SETUP_STAGE = "setup"  # the ledger's stage for reading the faces (a cold cache decodes them) and starting Ray
-# the report and the driver's own start (Python and its imports), kept out of the stages' shares. Measured in the
-# main job on 2 cores: 13 s from the command to the search's first trial, 20 s for the report after the retraining
+# the driver's own start (Python and its imports) and the report, kept out of the stages' shares. Measured in the
+# main job on 2 cores: 26 s of its wall time fell outside the ledger's stages
 REPORT_RESERVE_S = 30.0
 # A retraining run can take longer than the search's epoch times (scaled to train+validation) say: each wave starts
 # its runs' processes and data. Measured on 2 cores against the projection without this factor, since runs score
-# the test split once: 259 s for 265 s (0.98×, the main job) and 797 s for 782 s (1.02×, the scratch CNN's
-# half-hour). 1.05× keeps the run inside its budget with a margin; 1.1× (set when runs scored the test split every
+# the test split once: 259 s for 265 s and 308 s for 295 s (0.98× and 1.04×, the main job) and 797 s for 782 s
+# (1.02×, the scratch CNN's half-hour). 1.05× keeps the run inside its budget with a margin; 1.1× (set when runs scored the test split every
 # epoch and the projection did not count it) left a retraining epoch of the main job unused
 RETRAIN_PROJECTION_FACTOR = 1.05
 _UNITS = {"s": 1, "m": 60, "h": 3600}
