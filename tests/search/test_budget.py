@@ -119,14 +119,14 @@ def test_a_budgeted_search_stops_plans_its_retraining_and_resumes(data_dir, tmp_
 
     args = ["--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "b", *TINY,
             "--num-samples", "500", "--max-epochs", "2", "--grace-period", "2"]
-    budgeted = [a if a != "none" else "60s" for a in args]  # TINY says --budget none
+    budgeted = [a if a != "none" else "70s" for a in args]  # TINY says --budget none
     result = run_cli(*budgeted)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ledger = json.loads((tmp_path / "b" / BUDGET_FILE).read_text())
     limit = ledger["limits"]["scratch/search"]
     setup = ledger["spent"][SETUP_STAGE]  # reading the faces and starting Ray come out of the budget first
-    assert 0 < setup < 60 - REPORT_RESERVE_S
-    assert limit == pytest.approx(SEARCH_SHARE * (60 - REPORT_RESERVE_S - setup))
+    assert 0 < setup < 70 - REPORT_RESERVE_S
+    assert limit == pytest.approx(SEARCH_SHARE * (70 - REPORT_RESERVE_S - setup))
     # the search stopped on its share, or when no whole trial fitted what was left of it; not on its 500 trials
     spent = ledger["spent"]["scratch/search"]
     assert spent < limit + 30
@@ -136,13 +136,13 @@ def test_a_budgeted_search_stops_plans_its_retraining_and_resumes(data_dir, tmp_
     assert "of the budget left for retraining" in result.stdout
     assert "time budget" in (tmp_path / "b" / "report" / "report.md").read_text()
     # a resume may change the budget (recorded); a search that ended on its budget stays ended
-    more = [a if a != "60s" else "80s" for a in budgeted] + ["--resume"]
+    more = [a if a != "70s" else "90s" for a in budgeted] + ["--resume"]
     result = run_cli(*more)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     again = json.loads((tmp_path / "b" / BUDGET_FILE).read_text())
     assert again["spent"][SETUP_STAGE] > setup  # the resumed run's own set-up is added
     setup = again["spent"][SETUP_STAGE]
-    assert again["limits"]["scratch/search"] == pytest.approx(SEARCH_SHARE * (80 - REPORT_RESERVE_S - setup))
+    assert again["limits"]["scratch/search"] == pytest.approx(SEARCH_SHARE * (90 - REPORT_RESERVE_S - setup))
     assert again["spent"]["scratch/search"] == pytest.approx(ledger["spent"]["scratch/search"], abs=5)
     resumes = json.loads((tmp_path / "b" / "search_settings.json").read_text())["resumes"]
-    assert resumes[-1]["changed"] == {"budget_s": 80.0}
+    assert resumes[-1]["changed"] == {"budget_s": 90.0}
