@@ -32,8 +32,9 @@ REPORT_RESERVE_S = 40.0
 # A retraining run can take longer than the search's epoch times (scaled to train+validation) say: each wave starts
 # its runs' processes and data. Measured on 2 cores against the projection without this factor, since runs score
 # the test split once: 259 s for 265 s and 308 s for 295 s (0.98× and 1.04×, the main job) and 797 s for 782 s
-# (1.02×, the scratch CNN's half-hour). 1.05× keeps the run inside its budget with a margin; 1.1× (set when runs scored the test split every
-# epoch and the projection did not count it) left a retraining epoch of the main job unused
+# (1.02×, the scratch CNN's half-hour). 1.05× keeps the run inside its budget with a margin; 1.1× (set when runs
+# scored the test split every epoch and the projection did not count it) left a retraining epoch of the main job
+# unused
 RETRAIN_PROJECTION_FACTOR = 1.05
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")

@@ -21,10 +21,10 @@ PRESETS = {
         "grace_period": 3,
         "reduction_factor": 2,
         "retrain_top_k": 2,
-        # upper bounds: the budget plans how many run. 9½ minutes on 2 cores, reading the faces and starting Ray
-        # included (a cold cache decodes the 5k faces in about 40 s), so that the whole job ends inside 10 minutes:
-        # the first two trials (the study's recipe and the project's found configuration) take 3–3½ of the search's
-        # 4½ minutes, no third fits, and one wave of 2 seeds fills the rest, its runs lengthened as far as the
+        # upper bounds: the budget plans how many run. 9½ minutes on 2 cores, reading the faces (decoding them on a
+        # cold cache) and starting Ray included, so that the whole job ends inside 10 minutes (8¾–9 measured):
+        # the first two trials (the study's recipe and the project's found configuration) take 3⅓–3⅔ of the
+        # search's 4⅓ minutes, no third fits, and one wave of 2 seeds fills the rest, its runs lengthened as far as the
         # machine's speed allows; longer runs pay before more seeds (README, "Seeds or epochs")
         "retrain_seeds": 4,
         "budget_s": 570.0,
