@@ -594,7 +594,8 @@ def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[st
     if ledger is not None and ledger.budget_s:
         spent = ", ".join(f"{stage} {format_duration(sec)}" for stage, sec in ledger.spent.items())
         rows.append(("time budget", f"{format_duration(ledger.budget_s)}: {spent or 'nothing spent yet'}; "
-                     f"{format_duration(ledger.total_spent())} in the stages, the rest in starting Python and this report"))
+                     f"{format_duration(ledger.total_spent())} in the stages, the rest in starting Python, ending the "
+                     "stages and this report"))
     doc.table(pd.DataFrame(rows, columns=["item", "value"]))
     doc.para("The command that ran the search:")
     doc.code(settings.get("command", "(unknown)"))
