@@ -23,6 +23,11 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # throughput.py, AMD EPYC, batch 64, images/s fp32 channels_last vs bf16: 403 vs 217 at 48 px, 315 vs 225 at 64,
 # 174 vs 144 at 96, 87 vs 91 at 128)
 CPU_BF16_FROM_SIZE = {"pretrained": 128}
+# device type → faces per forward pass when scoring (eval mode; flip TTA doubles the batch). On a CPU a small batch's
+# activations stay in cache: experiments/benchmarks/throughput.py --scoring, AMD EPYC, 1 thread, faces/s at 32
+# against 512: pretrained 393 vs 180 at 64 px and 154 vs 77 at 128, scratch 172 vs 125 at 64 px and 39 vs 31 at
+# 128; 32 was within 10% of the fastest size everywhere (8–512 tried). GPUs want large batches
+EVAL_BATCH_SIZE = {"cpu": 32, "cuda": 512}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,6 +104,11 @@ def resolve_precision(name: str, device: torch.device, channels_last: bool = Tru
             native = cpu_has_native_bf16() and (image_size or 0) >= CPU_BF16_FROM_SIZE.get(arch, 0)
         name = "bf16" if native else "fp32"
     return Precision(device.type, torch.bfloat16 if name == "bf16" else None, channels_last)
+
+
+def eval_batch_size(device: torch.device) -> int:
+    """Faces per forward pass when scoring on ``device`` (``EVAL_BATCH_SIZE``; 512 on other device types)."""
+    return EVAL_BATCH_SIZE.get(device.type, 512)
 
 
 def fp32_nchw(device: torch.device) -> Precision:

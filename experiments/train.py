@@ -30,7 +30,7 @@ from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
 from data_utils.dataset import Faces, NoUsableImagesError, Split, load_faces, make_split  # noqa: E402
 from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
 from experiments.objective import METRIC, gender_accuracy, objective, predicted_female  # noqa: E402
-from experiments.device import Precision, resolve_device, resolve_precision  # noqa: E402,F401  (resolve_device: re-exported)
+from experiments.device import Precision, eval_batch_size, resolve_device, resolve_precision  # noqa: E402,F401  (resolve_device: re-exported)
 from experiments.ema import WeightEMA  # noqa: E402
 from models import AgeGenderNet, build_model, count_parameters  # noqa: E402
 
@@ -90,11 +90,13 @@ def loss_terms(age_pred, gender_logit, age, gender, age_weight: float, age_logit
 
 
 @torch.no_grad()
-def predict(model: AgeGenderNet, images: torch.Tensor | TensorData, batch_size: int = 512,
+def predict(model: AgeGenderNet, images: torch.Tensor | TensorData, batch_size: int | None = None,
             precision: Precision | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Age (years) and P(female) for uint8 images (a tensor, or a part's ``TensorData``), in eval mode, batched,
-    in ``precision`` (default fp32; training passes its own); float32 CPU tensors."""
+    """Age (years) and P(female) for uint8 images (a tensor, or a part's ``TensorData``), in eval mode, in batches
+    of ``batch_size`` (default: the device's ``eval_batch_size``), in ``precision`` (default fp32; training passes
+    its own); float32 CPU tensors."""
     device = next(model.parameters()).device
+    batch_size = batch_size or eval_batch_size(device)
     precision = precision or resolve_precision("fp32", device)
     was_training = model.training
     model.eval()

@@ -2,12 +2,15 @@
 
     python experiments/benchmarks/throughput.py [--image-size 128] [--batch-size 64] [--steps 20]
     python experiments/benchmarks/throughput.py --threads-vs-trials      # on a CPU: 1 trial × N threads or N × 1
+    python experiments/benchmarks/throughput.py --scoring --threads 1    # faces/s of scoring per eval batch size
 
 Times full training steps (augmentation, forward, backward, optimiser) on random uint8 images already on
 the device, after warm-up steps, with the device synchronised before the clock is read. Every architecture
 is timed in fp32 NCHW (the path before precision was chosen per device) and in the resolved default
 (``precision: auto`` and channels_last), interleaved in one run, so the speedup is a ratio measured under the
-same machine load. On a GPU it also reports each step's peak memory.
+same machine load. On a GPU it also reports each step's peak memory. ``--scoring`` times ``predict`` instead (eval
+mode, flip test-time augmentation as configured, the resolved default precision) on a validation split's worth of
+faces at each of ``--eval-batches``, interleaved the same way, against the device's ``eval_batch_size``.
 """
 import os
 import sys
@@ -24,8 +27,9 @@ import torch  # noqa: E402
 
 from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
 from experiments.config import TrainConfig, parse_overrides  # noqa: E402
-from experiments.device import Precision, device_name, fp32_nchw, resolve_device, resolve_precision  # noqa: E402
-from experiments.train import loss_terms, make_optimizer, to_input  # noqa: E402
+from experiments.device import (Precision, device_name, eval_batch_size, fp32_nchw, resolve_device,  # noqa: E402
+                                resolve_precision)
+from experiments.train import loss_terms, make_optimizer, predict, to_input  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
 
 
@@ -42,6 +46,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only-default", action="store_true", help="time the resolved default only")
     parser.add_argument("--threads-vs-trials", action="store_true",
                         help="CPU: N concurrent 1-thread processes against one N-thread process (N = cores)")
+    parser.add_argument("--scoring", action="store_true", help="time scoring (predict) per eval batch size instead")
+    parser.add_argument("--eval-batches", type=int, nargs="+", default=[8, 16, 32, 64, 128, 512],
+                        help="--scoring: faces per forward pass to compare")
+    parser.add_argument("--faces", type=int, default=747, help="--scoring: faces scored per timing (a validation split)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. depth=4")
     return parser
 
@@ -124,6 +132,36 @@ def time_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dict
     return out
 
 
+def time_scoring(arch: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """Faces/s of ``predict`` at each of ``args.eval_batches`` (best of ``args.rounds`` interleaved rounds)."""
+    cfg = config_for(arch, args)
+    precision = resolve_precision(cfg.precision, device, cfg.channels_last, cfg.arch, cfg.image_size)
+    torch.manual_seed(0)
+    model = build_model(cfg, load_weights=False).to(device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    faces = torch.randint(0, 256, (args.faces, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
+    best = dict.fromkeys(args.eval_batches, float("inf"))
+    predict(model, faces[:max(args.eval_batches)], precision=precision)  # warm-up
+    for _ in range(args.rounds):
+        for batch in args.eval_batches:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            predict(model, faces, batch_size=batch, precision=precision)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[batch] = min(best[batch], time.perf_counter() - start)
+    rates = {str(b): round(args.faces / s, 1) for b, s in best.items()}
+    fastest = max(rates, key=rates.get)
+    out = {"arch": arch, "image_size": cfg.image_size, "tta_flip": cfg.tta_flip, "default": precision.describe(device),
+           "faces": args.faces, "faces_per_second": rates, "fastest_batch": int(fastest),
+           "eval_batch_size": eval_batch_size(device)}
+    if str(out["eval_batch_size"]) in rates and "512" in rates:
+        out["eval_batch_size_over_512"] = round(rates[str(out["eval_batch_size"])] / rates["512"], 2)
+    return out
+
+
 def threads_vs_trials(args: argparse.Namespace) -> dict:
     """Aggregate img/s of one process with all cores' threads against one 1-thread process per core at once."""
     cores = os.cpu_count() or 1
@@ -148,6 +186,10 @@ def main(args: argparse.Namespace) -> int:
     out = {"device": device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.threads_vs_trials:
         out.update(threads_vs_trials(args))
+        print(json.dumps(out, indent=2))
+        return 0
+    if args.scoring:
+        out["results"] = [time_scoring(arch, args, device) for arch in args.arch]
         print(json.dumps(out, indent=2))
         return 0
     results = [time_arch(arch, args, device) for arch in args.arch]

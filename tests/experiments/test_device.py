@@ -8,7 +8,8 @@ import torch
 from data_utils.dataset import load_faces, make_split
 from experiments import device as dev
 from experiments.config import TrainConfig
-from experiments.train import TensorData, Trainer, fit_parts
+from experiments.train import TensorData, Trainer, fit_parts, predict
+from models import build_model
 
 
 @pytest.fixture
@@ -61,6 +62,23 @@ def test_training_and_evaluation_run_in_the_chosen_precision(faces, precision):
     assert {training for training, _ in seen} == {True, False}
     assert np.isfinite(metrics["val_age_mae"])
     assert trainer.model.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_scoring_batches_by_the_device_and_the_batch_size_changes_no_prediction(faces, monkeypatch):
+    assert dev.eval_batch_size(torch.device("cpu")) == dev.EVAL_BATCH_SIZE["cpu"] < 512
+    assert dev.eval_batch_size(torch.device("meta")) == 512
+    cfg = TrainConfig.from_dict({"image_size": 32, "depth": 2, "base_width": 8, "dense_units": 16})
+    model = build_model(cfg).eval()
+    images = faces.images[:70]  # two full default batches and a partial one
+    sizes = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: (sizes.append(x.shape[0]), forward(x))[1])
+    age, prob = predict(model, images)
+    assert sizes == [32, 32, 6]
+    age_512, prob_512 = predict(model, images, batch_size=512)
+    assert sizes[3:] == [70]
+    torch.testing.assert_close(age, age_512, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(prob, prob_512, rtol=1e-4, atol=1e-5)
 
 
 def test_split_parts_share_the_pixels(faces):
