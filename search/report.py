@@ -260,6 +260,10 @@ def headline(doc: Doc, results: dict[str, ArchResults]) -> None:
                          "test gender acc (%)": f"{e['test_gender_acc'] * 100:.1f}",
                          "test age MAE": f"{e['test_age_mae']:.2f}", "seeds × test images": f"1 × {e['n_test']}",
                          "parameters": f"{len(e['members'])} × {row['parameters']}"})
+            if e.get("test_gender_acc_ci"):  # (manifests written before the ensemble had intervals lack them)
+                (acc_low, acc_high), (mae_low, mae_high) = e["test_gender_acc_ci"], e["test_age_mae_ci"]
+                rows[-1].update({"acc 95% CI": f"{acc_low:.1%} – {acc_high:.1%}",
+                                 "MAE 95% CI": f"{mae_low:.2f} – {mae_high:.2f}"})
     for arch in results:
         acc, mae, _ = STUDY[arch]
         row = dict.fromkeys(columns, "—")

@@ -66,13 +66,18 @@ def bootstrap_ci(per_seed: np.ndarray, n_boot: int = 2000, seed: int = 0, level:
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
+def per_face(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(1.0 where the gender is right, absolute age error) per face of a predictions table."""
+    correct = predicted_female(predictions["p_female"]) == (predictions["gender"] == 1)
+    return correct.to_numpy(float), (predictions["pred_age"] - predictions["age"]).abs().to_numpy(float)
+
+
 def summarize(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Per configuration: mean ± std over seeds and a 95% bootstrap interval of test accuracy and MAE."""
     rows = []
     for rank, group in runs.groupby("rank"):
         preds = [predictions[t] for t in group["trial_id"]]
-        correct = np.stack([(predicted_female(p["p_female"]) == (p["gender"] == 1)).to_numpy(float) for p in preds])
-        abs_err = np.stack([(p["pred_age"] - p["age"]).abs().to_numpy(float) for p in preds])
+        correct, abs_err = (np.stack(parts) for parts in zip(*(per_face(p) for p in preds)))
         acc, mae = correct.mean(axis=1), abs_err.mean(axis=1)
         acc_ci, mae_ci = bootstrap_ci(correct), bootstrap_ci(abs_err)
         rows.append({
@@ -217,10 +222,13 @@ def write_retrain_outputs(root: Path, arch: str, experiment_dir: str, configs: l
         frame.to_csv(pred_dir / ENSEMBLE_PREDICTIONS, index=False)
         acc = gender_accuracy(frame["p_female"], frame["gender"])
         mae = float((frame["pred_age"] - frame["age"]).abs().mean())
+        correct, abs_err = per_face(frame)
         ensemble = {"rank": int(members["rank"].iloc[0]), "config": configs[int(members["rank"].iloc[0])],
                     "members": [{"seed": int(m["seed"]), "trial_id": m["trial_id"],
                                  "checkpoint": manifest.relative(root, m["checkpoint"])} for _, m in members.iterrows()],
                     "test_gender_acc": acc, "test_age_mae": mae, METRIC: objective(acc, mae), "n_test": len(frame),
+                    # the same 95% bootstrap over test images as each configuration's seeds (summarize)
+                    "test_gender_acc_ci": list(bootstrap_ci(correct)), "test_age_mae_ci": list(bootstrap_ci(abs_err)),
                     "predictions": manifest.relative(root, pred_dir / ENSEMBLE_PREDICTIONS),
                     "selection": f"every seed of search rank {int(members['rank'].iloc[0]) + 1}, predictions averaged"}
     run_entries = []

@@ -87,6 +87,14 @@ def test_report_has_every_section_and_matches_the_results(tiny_search):
         row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
         assert f"{top['test_gender_acc_mean'] * 100:.1f} ± {top['test_gender_acc_std'] * 100:.1f}" in row
         assert f"{top['test_age_mae_mean']:.2f} ± {top['test_age_mae_std']:.2f}" in row
+        # the ensemble's row: its accuracy and the bootstrap interval of its own test predictions
+        ensemble = json.loads((folder / "manifest.json").read_text())["archs"][arch]["retrain"]["ensemble"]
+        preds = pd.read_csv(folder / ensemble["predictions"])
+        correct = ((preds["p_female"] >= 0.5).astype(int) == preds["gender"]).to_numpy(float)
+        low, high = bootstrap_ci(correct[None])
+        assert ensemble["test_gender_acc_ci"] == pytest.approx([low, high]) and low <= correct.mean() <= high
+        row = next(line for line in md.splitlines() if line.startswith(f"| {label}: ensemble of its 2 seeds |"))
+        assert f"| {correct.mean() * 100:.1f} | {low:.1%} – {high:.1%} |" in row
     assert "| study: Model A (validation, reported) | 86–87% |" in md
     assert "search/run.py" in md and "--stage report" in md
     assert "report:" in result.stdout
