@@ -17,6 +17,10 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "plateau", "none")
 
 
+# fields added after runs had saved their configs → the value those runs had in effect
+SAVED_BEFORE = {"tta_zoom": 0.0}
+
+
 class UnknownConfigKeyError(KeyError):
     """A config key that ``TrainConfig`` does not have; the message names the valid ones."""
 
@@ -68,6 +72,9 @@ class TrainConfig:
     aug_scale: float = 0.1
     aug_brightness: float = 0.2
     tta_flip: bool = True  # evaluation averages each face and its mirror (validation, test, export, predict); −0.25 MAE
+    # > 0: evaluation also averages the face zoomed in and out by this fraction (models.heads.zoom_views); None:
+    # the architecture's measured choice (models.heads.TTA_ZOOM: 0.1 for the pretrained model, off for scratch)
+    tta_zoom: float | None = None
     # run
     seed: int = 0
     device: str = "auto"  # auto (cuda if present), cpu, cuda, cuda:N
@@ -94,6 +101,8 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "dense_units", "base_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.tta_zoom is not None and not 0 <= self.tta_zoom < 0.5:
+            raise ValueError(f"tta_zoom must be in [0, 0.5) (0 = off), got {self.tta_zoom}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0:
@@ -107,6 +116,12 @@ class TrainConfig:
         merged = asdict(base) if base is not None else {}
         merged.update(coerce_values(values))
         return cls(**merged)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> "TrainConfig":
+        """A config saved with an earlier run (a checkpoint's, an export's): fields it predates take the value
+        that reproduces how it was trained and scored (``SAVED_BEFORE``), not today's default."""
+        return cls.from_dict({**SAVED_BEFORE, **values})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -337,7 +337,7 @@ class Trainer:
 
 def load_model(ckpt: dict, device: str | torch.device = "cpu", which: str = "model") -> tuple[AgeGenderNet, TrainConfig]:
     """Rebuild a model from a checkpoint's own config; ``which`` picks 'model' (last) or 'best_model' weights."""
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    cfg = TrainConfig.from_saved(ckpt["config"])
     model = build_model(cfg, load_weights=False)
     model.load_state_dict(ckpt[which] if which in ckpt else ckpt["model"])
     return model.to(device).eval(), cfg

@@ -22,6 +22,7 @@ class ModelSpec(Protocol):
     weights_path: str | None
     age_head: str
     tta_flip: bool
+    tta_zoom: float | None
 
 
 ARCHS: dict[str, Callable[..., AgeGenderNet]] = {

@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models.heads import AgeGenderNet
+from models.heads import AgeGenderNet, resolved_tta_zoom
 from models.weights import load_state_dict
 
 
@@ -55,4 +55,4 @@ def build_pretrained(config, load_weights: bool = True, state: dict[str, torch.T
         state = imagenet_state(config)
     backbone, channels = BACKBONES[config.backbone](state)
     return AgeGenderNet(backbone, AdditiveNeck(channels, config.dense_units, config.dropout), config.dense_units,
-                        config.age_head, config.tta_flip)
+                        config.age_head, config.tta_flip, resolved_tta_zoom(config))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.heads import AgeGenderNet
+from models.heads import AgeGenderNet, resolved_tta_zoom
 
 MAX_WIDTH = 512
 
@@ -40,4 +40,5 @@ def build_scratch(config) -> AgeGenderNet:
         nn.ReLU(inplace=True),
         nn.Dropout(config.dropout),
     )
-    return AgeGenderNet(nn.Sequential(*layers), neck, config.dense_units, config.age_head, config.tta_flip)
+    return AgeGenderNet(nn.Sequential(*layers), neck, config.dense_units, config.age_head, config.tta_flip,
+                        resolved_tta_zoom(config))

@@ -199,6 +199,8 @@ def main(args: argparse.Namespace) -> int:
     if "torchscript" in formats:
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; the format is still asked for and works
             warnings.simplefilter("ignore", FutureWarning)
+            # the zoomed views' margins are read off the image size, which is fixed per export (preprocessing.json)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             scripted = torch.jit.trace(module, images[:2], check_trace=False)
             scripted.save(str(out / "model.torchscript.pt"))
             loaded = torch.jit.load(str(out / "model.torchscript.pt"))

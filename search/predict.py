@@ -83,7 +83,7 @@ def load_export(folder: str | os.PathLike) -> tuple[torch.nn.Module, TrainConfig
         raise ExportFolderError(f"{root} is not an export folder (missing {', '.join(missing)}); "
                                 "make one with `python search/export.py --experiment DIR`")
     try:
-        cfg = TrainConfig.from_dict(json.loads((root / "config.json").read_text()))
+        cfg = TrainConfig.from_saved(json.loads((root / "config.json").read_text()))
     except (json.JSONDecodeError, KeyError, ValueError) as err:
         raise ExportFolderError(f"{root / 'config.json'} is not a valid model config ({err}); export the model again "
                                 "with `python search/export.py --experiment DIR`") from None

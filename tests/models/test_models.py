@@ -91,6 +91,46 @@ def test_flip_tta_averages_a_face_and_its_mirror_in_eval_mode_only(age_head):
     assert model(x)[0].shape == (3,)  # training sees one view: augmentation flips there
 
 
+def test_zoomed_views_are_the_centre_enlarged_and_the_face_shrunk_within_repeated_edges():
+    from models.heads import zoom_views
+
+    x = torch.rand(2, 3, 40, 40)
+    inner, outer = zoom_views(x, 0.1)  # 2 pixels off (or onto) each side of 40
+    assert inner.shape == outer.shape == x.shape
+    torch.testing.assert_close(inner, torch.nn.functional.interpolate(x[..., 2:38, 2:38], size=(40, 40),
+                                                                      mode="bilinear", align_corners=False))
+    ramp = torch.linspace(0, 1, 40).expand(1, 3, 40, 40).contiguous()  # brightness grows left to right
+    _, shrunk = zoom_views(ramp, 0.1)
+    assert shrunk[..., 0].max() == 0 and shrunk[..., -1].min() == 1  # the edges repeated, not black
+    assert torch.all(shrunk[..., 1:].diff(dim=-1) >= 0)
+
+
+@pytest.mark.parametrize("arch, views", [("scratch", 2), ("pretrained", 6)])
+def test_zoom_tta_averages_every_view_and_is_chosen_per_architecture(arch, views):
+    from models.heads import TTA_ZOOM, zoom_views
+
+    model = build_model(cfg(arch=arch, depth=2, base_width=8, tta_flip=True)).eval()
+    assert model.tta_zoom == TTA_ZOOM[arch] and len(model.views(torch.rand(1, 3, 32, 32))) == views
+    model.tta_zoom = 0.1  # a config's own value wins: tta_zoom=0.1
+    torch.nn.init.normal_(model.heads.age.weight)  # an untrained head answers the prior whatever the face
+    torch.nn.init.normal_(model.heads.gender.weight)
+    assert build_model(cfg(arch=arch, tta_zoom=0.1, depth=2, base_width=8), load_weights=False).tta_zoom == 0.1
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        age, logit = model(x)
+        each = [model.outputs(v) for v in [x, *zoom_views(x, 0.1)]]
+        each += [model.outputs(v.flip(3)) for v in [x, *zoom_views(x, 0.1)]]
+    torch.testing.assert_close(age, torch.stack([a for a, _, _ in each]).mean(0))
+    torch.testing.assert_close(torch.sigmoid(logit), torch.stack([torch.sigmoid(g) for _, g, _ in each]).mean(0))
+    model.tta_zoom = 0.0
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[0], age)  # the zoomed views changed the average, so the test can fail
+    # a checkpoint or export saved before zoomed views existed was scored without them
+    assert TrainConfig.from_saved({"arch": arch}).tta_zoom == 0.0 and TrainConfig().tta_zoom is None
+    with pytest.raises(ValueError, match="tta_zoom must be in"):
+        cfg(tta_zoom=0.5)
+
+
 def test_ensemble_averages_ages_and_probabilities():
     from models import Ensemble
 
