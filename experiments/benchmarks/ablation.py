@@ -62,9 +62,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def base_config(args: argparse.Namespace) -> TrainConfig:
+    # the baseline scores one view per face; zoomed views (tta_zoom) are measured by tta_views.py
     return TrainConfig.from_dict({"arch": args.arch, "data_dir": args.data or os.environ.get("UTKFACE_DIR"),
                                   "image_size": args.image_size, "epochs": args.epochs, "ema_decay": args.ema_decay,
-                                  **parse_overrides(args.set)})
+                                  "tta_zoom": 0.0, **parse_overrides(args.set)})
 
 
 def run_one(args: argparse.Namespace, training: str, seed: int) -> dict:

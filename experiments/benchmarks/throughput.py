@@ -9,7 +9,7 @@ the device, after warm-up steps, with the device synchronised before the clock i
 is timed in fp32 NCHW (the path before precision was chosen per device) and in the resolved default
 (``precision: auto`` and channels_last), interleaved in one run, so the speedup is a ratio measured under the
 same machine load. On a GPU it also reports each step's peak memory. ``--scoring`` times ``predict`` instead (eval
-mode, flip test-time augmentation as configured, the resolved default precision) on a validation split's worth of
+mode, the test-time views as configured, the resolved default precision) on a validation split's worth of
 faces at each of ``--eval-batches``, interleaved the same way, against the device's ``eval_batch_size``.
 """
 import os
@@ -154,7 +154,8 @@ def time_scoring(arch: str, args: argparse.Namespace, device: torch.device) -> d
             best[batch] = min(best[batch], time.perf_counter() - start)
     rates = {str(b): round(args.faces / s, 1) for b, s in best.items()}
     fastest = max(rates, key=rates.get)
-    out = {"arch": arch, "image_size": cfg.image_size, "tta_flip": cfg.tta_flip, "default": precision.describe(device),
+    out = {"arch": arch, "image_size": cfg.image_size, "views": len(model.views(faces[:1].float())),
+           "default": precision.describe(device),
            "faces": args.faces, "faces_per_second": rates, "fastest_batch": int(fastest),
            "eval_batch_size": eval_batch_size(device)}
     if str(out["eval_batch_size"]) in rates and "512" in rates:
