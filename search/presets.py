@@ -23,7 +23,7 @@ PRESETS = {
         "retrain_top_k": 2,
         # upper bounds: the budget plans how many run. 9½ minutes on 2 cores, reading the faces (decoding them on a
         # cold cache) and starting Ray included, so that the whole job ends inside 10 minutes (8¾–9 measured):
-        # the first two trials (the study's recipe and the project's found configuration) take 3⅓–3⅔ of the
+        # the first two trials (the study's recipe and the project's found configuration) take 3–3⅔ of the
         # search's 4⅓ minutes, no third fits, and one wave of 2 seeds fills the rest, its runs lengthened as far as
         # the machine's speed allows; longer runs pay before more seeds (README, "Seeds or epochs")
         "retrain_seeds": 4,
