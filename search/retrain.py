@@ -20,7 +20,7 @@ from ray import tune
 from data_utils.dataset import Faces
 from experiments.config import TrainConfig
 from experiments.device import resolve_precision
-from experiments.objective import METRIC, gender_accuracy, objective, predicted_female
+from experiments.objective import METRIC, objective, predicted_female
 from experiments.train import load_model, predict
 from search.results import STATUS_COMPLETED, STATUS_FAILED, error_reason
 from search.trainable import CHECKPOINT_FILE, TrialData, limit_resources, report_epoch, restored_trainer
@@ -127,8 +127,7 @@ def collect(grid, configs: list[dict[str, Any]], test: Faces) -> tuple[pd.DataFr
             rows.append({**failed, "trial_id": trial_id, "reason": error_reason(err)})
             continue
         predictions[trial_id] = frame
-        acc = gender_accuracy(frame["p_female"], frame["gender"])
-        mae = float((frame["pred_age"] - frame["age"]).abs().mean())
+        acc, mae = (float(v.mean()) for v in per_face(frame))
         history = result.metrics_dataframe
         rows.append({
             "rank": rank, "seed": seed, "status": STATUS_COMPLETED, "trial_id": trial_id,
@@ -220,9 +219,8 @@ def write_retrain_outputs(root: Path, arch: str, experiment_dir: str, configs: l
     if averaged is not None:
         members, frame = averaged
         frame.to_csv(pred_dir / ENSEMBLE_PREDICTIONS, index=False)
-        acc = gender_accuracy(frame["p_female"], frame["gender"])
-        mae = float((frame["pred_age"] - frame["age"]).abs().mean())
         correct, abs_err = per_face(frame)
+        acc, mae = float(correct.mean()), float(abs_err.mean())
         ensemble = {"rank": int(members["rank"].iloc[0]), "config": configs[int(members["rank"].iloc[0])],
                     "members": [{"seed": int(m["seed"]), "trial_id": m["trial_id"],
                                  "checkpoint": manifest.relative(root, m["checkpoint"])} for _, m in members.iterrows()],
