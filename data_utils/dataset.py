@@ -29,6 +29,7 @@ class SplitMismatchError(ValueError):
 
 # below this a test split holds a handful of faces, and its accuracy (0% or 100%) says nothing
 MIN_SPLIT_IMAGES = 50
+SPLIT_FILE = "split.json"  # a split saved beside what was trained on it (Split.save)
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
-from data_utils.dataset import Faces, NoUsableImagesError, Split, load_faces, make_split  # noqa: E402
+from data_utils.dataset import SPLIT_FILE, Faces, NoUsableImagesError, Split, load_faces, make_split  # noqa: E402
 from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
 from experiments.objective import METRIC, gender_accuracy, objective, predicted_female  # noqa: E402
 from experiments.device import Precision, eval_batch_size, resolve_device, resolve_precision  # noqa: E402,F401  (resolve_device: re-exported)
@@ -416,7 +416,7 @@ def main(args: argparse.Namespace) -> int:
     run_dir = Path(args.out or f"runs/train/{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
-    split.save(run_dir / "split.json", faces)
+    split.save(run_dir / SPLIT_FILE, faces)
     train, val = fit_parts(faces, split, cfg)
     trainer = Trainer(cfg, train, val, held_out="test" if cfg.train_on_val else "val")
     part = trainer.held_out

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from data_utils.cache import decode_file  # noqa: E402
-from data_utils.dataset import resolve_data_dir  # noqa: E402
+from data_utils.dataset import SPLIT_FILE, resolve_data_dir  # noqa: E402
 from data_utils.scan import ScanReport, list_files  # noqa: E402
 from experiments.calibration import DEFAULT_COVERAGE, calibrate  # noqa: E402
 from experiments.train import load_model  # noqa: E402
@@ -150,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             model, cfg = load_model(load_checkpoint(experiment, arch, entry), "cpu")
         data_dir = resolve_data_dir(args.data or cfg.data_dir)
-        split_file = experiment / "split.json"
+        split_file = experiment / SPLIT_FILE
         run = next((r for r in manifest.require(experiment, arch, "retrain")["runs"]
                     if r["trial_id"] == entry["trial_id"]), {})
         predictions = manifest.locate(experiment, (ensemble or run).get("predictions"))

@@ -576,6 +576,15 @@ def sureness_and_groups(doc: Doc, results: dict[str, ArchResults]) -> None:
                          "overlap, the gap may be noise.")
 
 
+def image_sizes(settings: dict[str, Any], results: dict[str, ArchResults]) -> str:
+    """The faces' side in pixels, per architecture where a preset's schedule gives one its own."""
+    schedule = settings.get("arch_schedule") or {}
+    sizes = {arch: schedule.get(arch, {}).get("image_size", settings.get("image_size")) for arch in results}
+    if len(set(sizes.values())) <= 1:
+        return f"{next(iter(sizes.values()), settings.get('image_size'))} px"
+    return ", ".join(f"{arch} {size} px" for arch, size in sizes.items())
+
+
 def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[str, ArchResults]) -> None:
     import ray
 
@@ -586,7 +595,7 @@ def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[st
             ("optuna", optuna.__version__), ("search seed (TPE and trials)", settings.get("seed")),
             ("retraining seeds", ", ".join(str(s) for s in range(int(settings.get("retrain_seeds", 1))))),
             ("split", "70/15/15 stratified by gender × age band, seed 0 (split.json)"),
-            ("data", settings.get("data_dir")), ("image size", settings.get("image_size")),
+            ("data", settings.get("data_dir")), ("image size", image_sizes(settings, results)),
             ("images used", settings.get("max_images") or "all")]
     for arch, r in results.items():
         if r.plan:

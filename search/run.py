@@ -195,14 +195,20 @@ def plan_resources(s: RunSettings, resources: dict[str, float], trials: int) -> 
 
 
 def prepare_trial_data(s: RunSettings, arch: str, faces, split):
-    """Decode once on the driver; the result goes to every trial through Ray's object store."""
+    """Decode once on the driver; the result goes to every trial through Ray's object store. ``faces`` and
+    ``split`` are at the first architecture's size: another size is read from its own cache, with the saved split."""
+    from data_utils.dataset import SPLIT_FILE, Split, load_faces
     from models.pretrained import imagenet_state
     from experiments.config import TrainConfig
     from search.trainable import TrialData
 
     base = s.base_config(arch)
+    size = s.image_size_for(arch)
+    if size != s.image_size_for(s.archs[0]):
+        faces = load_faces(s.data_dir, size, s.cache_dir)
+        split = Split.load(s.root / SPLIT_FILE, faces)
     state = imagenet_state(TrainConfig.from_dict(base)) if arch == "pretrained" else None
-    return TrialData(faces={s.image_size: faces}, split=split, imagenet_state=state, base_config=base)
+    return TrialData(faces={size: faces}, split=split, imagenet_state=state, base_config=base)
 
 
 def experiment_exists(s: RunSettings, arch: str) -> bool:
@@ -314,7 +320,7 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
           f"× {len(seeds)} seed(s) on train+val for {configs[0]['epochs']} epochs → {experiment}", flush=True)
     tuner = make_retrain_tuner(experiment, RetrainData(data, configs), seeds, s.cpus_per_trial, gpus_per_trial,
                                max(1, min(concurrency, len(configs) * len(seeds))), s.max_failures, resume, stopper)
-    test = data.faces[s.image_size].subset(data.split.test)
+    test = data.faces[s.image_size_for(arch)].subset(data.split.test)
     runs, predictions = collect(tuner.fit(), configs, test)
     best = write_retrain_outputs(s.root, arch, experiment, configs, picked, runs, predictions)
     if best:
@@ -338,10 +344,10 @@ def trial_precision(cfg: dict, gpus_per_trial: float, cpus_per_trial: float) -> 
 
 def load_data(s: RunSettings, searching: bool, resume: bool):
     """The faces and the split: the experiment's saved split when it has one, else a new one (not yet saved)."""
-    from data_utils.dataset import Split, load_faces, make_split
+    from data_utils.dataset import SPLIT_FILE, Split, load_faces, make_split
 
-    faces = load_faces(s.data_dir, s.image_size, s.cache_dir)
-    split_path = s.root / "split.json"
+    faces = load_faces(s.data_dir, s.image_size_for(s.archs[0]), s.cache_dir)
+    split_path = s.root / SPLIT_FILE
     if split_path.is_file() and (resume or not searching):
         return faces, Split.load(split_path, faces), False
     if not searching:
@@ -353,7 +359,7 @@ def load_data(s: RunSettings, searching: bool, resume: bool):
 def main(args: argparse.Namespace) -> int:
     if args.address:
         prefer_token_auth()
-    from data_utils.dataset import NoUsableImagesError, SplitMismatchError, TooFewImagesError
+    from data_utils.dataset import SPLIT_FILE, NoUsableImagesError, SplitMismatchError, TooFewImagesError
 
     searching = args.stage in ("all", "search")
     training = args.stage != "report"
@@ -376,7 +382,7 @@ def main(args: argparse.Namespace) -> int:
         return _refuse(str(err))
     s.root.mkdir(parents=True, exist_ok=True)
     if new_split:
-        split.save(s.root / "split.json", faces)
+        split.save(s.root / SPLIT_FILE, faces)
     if searching and not args.resume:
         save_new(s)
     else:
@@ -386,7 +392,8 @@ def main(args: argparse.Namespace) -> int:
 
         Ledger(s.root, s.budget_s).add(SETUP_STAGE, setup_seconds)
     print(f"data: {faces.report.usable} usable images in {s.data_dir} ({sum(faces.report.skipped.values())} skipped); "
-          f"split {len(split.train)}/{len(split.val)}/{len(split.test)} at {s.image_size}px")
+          f"split {len(split.train)}/{len(split.val)}/{len(split.test)}; faces at "
+          + ", ".join(f"{s.image_size_for(arch)} px ({arch})" for arch in s.archs))
     if training:
         print(f"watch the trials: tensorboard --logdir {s.storage}/{s.name}", flush=True)
         for arch in s.archs:

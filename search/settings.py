@@ -89,8 +89,9 @@ class RunSettings:
     weights: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # --set values of training fields no flag owns
     space_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # arch → parameter → dist_to_json
-    # arch → {"max_epochs"/"grace_period": n}: a preset's own schedule for one architecture (the scratch CNN needs
-    # more epochs than a fine-tuned backbone); --max-epochs / --grace-period replace it for every architecture
+    # arch → {"max_epochs"/"grace_period"/"image_size": n}: a preset's own schedule for one architecture (the
+    # scratch CNN needs more epochs than a fine-tuned backbone, and pays for them with smaller faces);
+    # --max-epochs / --grace-period / --image-size replace it for every architecture
     arch_schedule: dict[str, dict[str, int]] = field(default_factory=dict)
     command: str = ""
 
@@ -106,7 +107,7 @@ class RunSettings:
         """The training config every trial of ``arch`` starts from, before the trial's sampled values."""
         from experiments.config import TrainConfig
 
-        values = {"arch": arch, "data_dir": self.data_dir, "image_size": self.image_size,
+        values = {"arch": arch, "data_dir": self.data_dir, "image_size": self.image_size_for(arch),
                   "max_images": self.max_images, "epochs": self.epochs_for(arch), "seed": self.seed,
                   "cache_dir": self.cache_dir, "weights_path": self.weights, **self.overrides}
         return TrainConfig.from_dict(values).to_dict()
@@ -114,6 +115,10 @@ class RunSettings:
     def epochs_for(self, arch: str) -> int:
         """The most epochs a trial of ``arch`` runs (ASHA's max_t), and the epochs of its retraining."""
         return int(self.arch_schedule.get(arch, {}).get("max_epochs", self.max_epochs))
+
+    def image_size_for(self, arch: str) -> int:
+        """The side in pixels of the faces ``arch`` trains and is scored on."""
+        return int(self.arch_schedule.get(arch, {}).get("image_size", self.image_size))
 
     def grace_for(self, arch: str) -> int:
         """Epochs before ASHA may stop a trial of ``arch``."""
@@ -309,7 +314,7 @@ def resolve(args: argparse.Namespace) -> RunSettings:
     values["overrides"] = {**values["overrides"], **sets}
     if saved is None:
         # a schedule flag is meant for every architecture: it replaces the preset's per-architecture value
-        given = {k for k in ("max_epochs", "grace_period") if k in flags}
+        given = {k for k in ("max_epochs", "grace_period", "image_size") if k in flags}
         values["arch_schedule"] = {arch: {k: v for k, v in sched.items() if k not in given}
                                    for arch, sched in values["arch_schedule"].items()}
 
@@ -366,10 +371,11 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
         need("data_dir", any(data.iterdir()), "the data folder is empty; pass --data DIR with UTKFace crops in it")
     except PermissionError:
         need("data_dir", False, "the data folder cannot be listed (permission denied)")
-    try:
-        check_image_size(s.image_size)
-    except ValueError as err:
-        need("image_size", False, str(err))
+    for size in {s.image_size} | {s.image_size_for(arch) for arch in s.archs}:
+        try:
+            check_image_size(size)
+        except ValueError as err:
+            need("image_size", False, str(err))
     need("max_images", s.max_images >= 0, "must be 0 (all images) or a positive count")
     need("num_samples", s.num_samples >= 1, "must be at least 1")
     need("max_epochs", s.max_epochs >= 1, "must be at least 1")

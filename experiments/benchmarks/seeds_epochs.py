@@ -43,6 +43,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="trainings at once, one thread each (default: one per core)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--predictions", action="store_true",
+                   help="also write each run's validation predictions, for paired comparisons between variants")
     p.add_argument("--run-one", nargs=2, type=int, metavar=("EPOCHS", "SEED"), help=argparse.SUPPRESS)
     p.add_argument("--to", default=None, help=argparse.SUPPRESS)
     return p
@@ -111,6 +113,9 @@ def main(args: argparse.Namespace) -> int:
            "image_size": args.image_size, "seeds": args.seeds, "overrides": args.set, "n_val": len(runs[0]["gender"]),
            "jobs": args.jobs, "wall_seconds": round(time.perf_counter() - started, 1),
            "by_epochs": summarize(runs, args.epochs, args.seeds)}
+    if args.predictions:
+        out["true_age"], out["gender"] = runs[0]["true_age"], runs[0]["gender"]
+        out["runs"] = [{k: r[k] for k in ("epochs", "seed", "age", "p_female")} for r in runs]
     emit(out, args.out)
     return 0
 

@@ -137,8 +137,33 @@ def test_a_preset_schedules_each_architecture_and_the_flags_replace_it(data_dir,
     assert (s.epochs_for("scratch"), s.grace_for("scratch")) == (24, 6)  # the scratch CNN's own schedule
     assert (s.epochs_for("pretrained"), s.grace_for("pretrained")) == (s.max_epochs, s.grace_period) == (8, 3)
     assert s.base_config("scratch")["epochs"] == 24 and s.base_config("pretrained")["epochs"] == 8
-    flagged = settings("--preset quick --max-epochs 10", data_dir, tmp_path)
+    assert (s.base_config("scratch")["image_size"], s.base_config("pretrained")["image_size"]) == (48, 64)
+    flagged = settings("--preset quick --max-epochs 10 --image-size 56", data_dir, tmp_path)
     assert (flagged.epochs_for("scratch"), flagged.grace_for("scratch")) == (10, 6)
     assert flagged.epochs_for("pretrained") == 10
+    assert flagged.base_config("scratch")["image_size"] == flagged.base_config("pretrained")["image_size"] == 56
+    assert settings("--preset quick --set image_size=56", data_dir, tmp_path).image_size_for("scratch") == 56
     with pytest.raises(UsageError, match="scratch's schedule"):
         settings("--preset quick --max-epochs 4", data_dir, tmp_path)  # the scratch grace 6 > 4 epochs
+
+
+def test_each_architecture_trains_on_faces_of_its_own_size_with_one_split(data_dir, tmp_path):
+    from conftest import copy_real
+    from data_utils.dataset import SPLIT_FILE
+    from search.run import load_data, prepare_trial_data
+
+    names = sorted(p.name for p in data_dir.iterdir() if p.name.endswith(".jpg.chip.jpg"))[:120]
+    copy_real(data_dir, tmp_path / "faces", names)
+    s = settings("--preset quick --arch both", tmp_path / "faces", tmp_path / "runs")
+    faces, split, new = load_data(s, searching=True, resume=False)
+    assert new and faces.images.shape[-1] == s.image_size_for(s.archs[0])
+    s.root.mkdir(parents=True)
+    split.save(s.root / SPLIT_FILE, faces)
+    for arch in s.archs:
+        data = prepare_trial_data(s, arch, faces, split)
+        size = s.image_size_for(arch)
+        assert list(data.faces) == [size] and data.faces[size].images.shape[-2:] == (size, size)
+        for part in ("train", "val", "test"):  # the same faces in each part, whatever their size
+            rows = getattr(data.split, part)
+            assert [data.faces[size].names[i] for i in rows] == [faces.names[i] for i in getattr(split, part)]
+    assert {s.image_size_for(a) for a in s.archs} == {48, 64}
