@@ -30,8 +30,8 @@ PRESETS = {
         "budget_s": 570.0,
         # the scratch CNN learns from nothing: 8 epochs starve it (87.6% / 7.13 after a 30-minute budget), one
         # 25-epoch run reached 89.9% / 6.90 in 3.4 minutes; ASHA judges its trials at epochs 6 and 12. It pays for
-        # its epochs with smaller faces: at 48 px an epoch costs 0.56× one at 64 px, and 28 epochs at 48 px beat
-        # 16 at 64 px in the same time on validation (README, "Face size for the scratch CNN")
+        # its epochs with smaller faces: at 48 px an epoch takes 0.6× one at 64 px, and 28 epochs at 48 px beat
+        # 16 at 64 px in about the same time on validation (README, "Face size for the scratch CNN")
         "arch_schedule": {"scratch": {"max_epochs": 24, "grace_period": 6, "image_size": 48}},
         "space_overrides": {
             "scratch": {"depth": Int(3, 5), "base_width": Categorical((16, 32)), "dense_units": Categorical((128, 256)),
