@@ -34,7 +34,7 @@ from experiments.objective import METRIC, REFERENCE_AGE_MAE, REFERENCE_GENDER_ER
 from models import build_model, count_parameters  # noqa: E402
 from search import manifest  # noqa: E402
 from search.budget import BUDGET_FILE, Ledger, format_duration  # noqa: E402
-from search.settings import SETTINGS_FILE  # noqa: E402
+from search.settings import SETTINGS_FILE, scheduled  # noqa: E402
 from search.results import SCORE_COLUMN, STATUS_COMPLETED, STATUS_STOPPED, read_trials  # noqa: E402
 from search.spaces import SPACES  # noqa: E402
 from search.tuning import open_storage  # noqa: E402
@@ -579,7 +579,7 @@ def sureness_and_groups(doc: Doc, results: dict[str, ArchResults]) -> None:
 def image_sizes(settings: dict[str, Any], results: dict[str, ArchResults]) -> str:
     """The faces' side in pixels, per architecture where a preset's schedule gives one its own."""
     schedule = settings.get("arch_schedule") or {}
-    sizes = {arch: schedule.get(arch, {}).get("image_size", settings.get("image_size")) for arch in results}
+    sizes = {arch: scheduled(schedule, arch, "image_size", settings.get("image_size")) for arch in results}
     if len(set(sizes.values())) <= 1:
         return f"{next(iter(sizes.values()), settings.get('image_size'))} px"
     return ", ".join(f"{arch} {size} px" for arch, size in sizes.items())

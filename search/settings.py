@@ -114,15 +114,15 @@ class RunSettings:
 
     def epochs_for(self, arch: str) -> int:
         """The most epochs a trial of ``arch`` runs (ASHA's max_t), and the epochs of its retraining."""
-        return int(self.arch_schedule.get(arch, {}).get("max_epochs", self.max_epochs))
+        return int(scheduled(self.arch_schedule, arch, "max_epochs", self.max_epochs))
 
     def image_size_for(self, arch: str) -> int:
         """The side in pixels of the faces ``arch`` trains and is scored on."""
-        return int(self.arch_schedule.get(arch, {}).get("image_size", self.image_size))
+        return int(scheduled(self.arch_schedule, arch, "image_size", self.image_size))
 
     def grace_for(self, arch: str) -> int:
         """Epochs before ASHA may stop a trial of ``arch``."""
-        return int(self.arch_schedule.get(arch, {}).get("grace_period", self.grace_period))
+        return int(scheduled(self.arch_schedule, arch, "grace_period", self.grace_period))
 
     def space_overrides_for(self, arch: str) -> dict[str, Any]:
         return {k: dist_from_json(v) for k, v in self.space_overrides.get(arch, {}).items()}
@@ -142,6 +142,12 @@ class RunSettings:
         out = dataclasses.asdict(self)
         out["archs"] = list(self.archs)
         return out
+
+
+def scheduled(arch_schedule: dict[str, dict[str, Any]], arch: str, key: str, default: Any) -> Any:
+    """``key`` of ``arch``'s own schedule (``RunSettings.arch_schedule``), else the run's ``default``; the report
+    reads saved settings through it too."""
+    return arch_schedule.get(arch, {}).get(key, default)
 
 
 def settings_path(root: Path) -> Path:
