@@ -6,8 +6,10 @@ them on a cold cache) and starting Ray, every architecture's search, retraining 
 an equal share of the rest; within it the search gets ``SEARCH_SHARE`` and stops when that is spent (Ray Tune's
 ``time_budget_s``: trials still running are stopped and count as stopped early), and the retraining is planned from
 the epoch times the search measured: as many seeds of the best configuration, then further configurations, as
-fit in what is left. The time spent is written to ``budget.json`` in the experiment after every reported epoch,
-so that a resumed run (``--resume``) gets only what is left.
+fit in what is left. Where the share is too small for both, the search ends earlier still: it always leaves room
+for one wave of the retraining's shortest allowed runs, projected from its own epoch times as they come in. The
+time spent is written to ``budget.json`` in the experiment after every reported epoch, so that a resumed run
+(``--resume``) gets only what is left.
 """
 from __future__ import annotations
 
@@ -90,13 +92,16 @@ class Ledger:
         self.limits: dict[str, float | None] = saved.get("limits", {})
         # arch → epochs of its retraining runs as planned, shortened or not (a resumed retraining keeps them)
         self.retrain_epochs: dict[str, int] = saved.get("retrain_epochs", {})
+        # search stage → what it must leave its retraining (``set_reserve``)
+        self.reserves: dict[str, dict[str, float]] = saved.get("reserves", {})
 
     def total_spent(self) -> float:
         return sum(self.spent.values())
 
     def _write(self) -> None:
         self.path.write_text(json.dumps({"budget_s": self.budget_s, "spent": self.spent, "limits": self.limits,
-                                         "retrain_epochs": self.retrain_epochs}, indent=2) + "\n")
+                                         "retrain_epochs": self.retrain_epochs, "reserves": self.reserves},
+                                        indent=2) + "\n")
 
     def record(self, stage: str, seconds: float) -> None:
         self.spent[stage] = seconds
@@ -105,6 +110,12 @@ class Ledger:
     def set_limit(self, stage: str, seconds: float | None) -> None:
         """What ``stage`` may spend in all (None: no limit, its time is only recorded); read by its stopper."""
         self.limits[stage] = seconds
+        self._write()
+
+    def set_reserve(self, stage: str, share_s: float, epochs: int, scale: float) -> None:
+        """Make ``stage`` (a search) end in time for one retraining run of ``epochs`` epochs on ``scale`` × its
+        training faces to fit in ``share_s`` (its architecture's whole share), projected from its trials' epochs."""
+        self.reserves[stage] = {"share_s": float(share_s), "epochs": int(epochs), "scale": float(scale)}
         self._write()
 
     def set_retrain_epochs(self, arch: str, epochs: int) -> None:
@@ -137,30 +148,60 @@ class BudgetStopper(tune.Stopper):
     """Ends a stage's Tune experiment once the stage has spent the limit the ledger sets for it (earlier runs'
     time included), and writes the time spent to the ledger with every reported epoch.
 
+    A search stage with a reserve in the ledger (``Ledger.set_reserve``) also ends when what is left of its
+    architecture's share would no longer hold one retraining run of the reserved length, projected like the
+    retraining's plan from the slowest trial's mean epoch times seen so far.
+
     Tune pickles its stopper with the experiment, so the limit and the clock are read from the ledger when a
     process first asks (never pickled): a resumed run counts from what was spent and obeys a changed budget.
     """
 
     def __init__(self, root: Path, stage: str):
         self.root, self.stage = Path(root), stage
-        self._clock: tuple[float, float, float | None] | None = None  # (spent before, process start, limit)
+        self._clock: tuple[float, float, float | None, dict | None] | None = None  # before, start, limit, reserve
+        self._times: dict[str, list[float]] = {}  # trial → sums of [whole epoch, training, scoring, epochs]
+        self._said = False
 
     def __getstate__(self):
-        return {**self.__dict__, "_clock": None}
+        return {**self.__dict__, "_clock": None, "_times": {}, "_said": False}
 
-    def _start(self) -> tuple[float, float, float | None]:
+    def _start(self) -> tuple[float, float, float | None, dict | None]:
         if self._clock is None:
             ledger = Ledger(self.root)
-            self._clock = (ledger.spent.get(self.stage, 0.0), time.monotonic(), ledger.limits.get(self.stage))
+            self._clock = (ledger.spent.get(self.stage, 0.0), time.monotonic(), ledger.limits.get(self.stage),
+                           ledger.reserves.get(self.stage))
         return self._clock
 
     def elapsed(self) -> float:
-        before, start, _ = self._start()
+        before, start, _, _ = self._start()
         return before + time.monotonic() - start
+
+    def observe(self, trial_id: str, result: dict) -> None:
+        """Count one reported epoch's times (the reserve's projection)."""
+        parts = [result.get(k) for k in ("time_this_iter_s", "epoch_seconds", "score_seconds")]
+        if parts[0] is None:
+            return
+        sums = self._times.setdefault(trial_id, [0.0, 0.0, 0.0, 0])
+        for i, value in enumerate(parts):
+            sums[i] += float(value) if value is not None else math.nan
+        sums[3] += 1
+
+    def reserved_seconds(self) -> float | None:
+        """The retraining run the search must leave room for, projected from the slowest trial; None before any
+        epoch is reported or without a reserve."""
+        reserve = self._start()[3]
+        if not reserve or not self._times:
+            return None
+        return max(project_run_seconds(it / n, int(reserve["epochs"]), reserve["scale"], ep / n, sc / n)
+                   for it, ep, sc, n in self._times.values())
 
     def limit(self) -> float | None:
         """What the stage may spend in all (earlier runs' time included); None where it has no limit."""
-        return self._start()[2]
+        _, _, limit, reserve = self._start()
+        wave = self.reserved_seconds()
+        if limit is None or wave is None:
+            return limit
+        return max(0.0, min(limit, reserve["share_s"] - wave))
 
     def seconds_left(self) -> float | None:
         """What the stage may still spend; None where it has no limit."""
@@ -168,14 +209,21 @@ class BudgetStopper(tune.Stopper):
         return None if limit is None else limit - self.elapsed()
 
     def __call__(self, trial_id: str, result: dict) -> bool:
+        self.observe(trial_id, result)
         Ledger(self.root).record(self.stage, self.elapsed())
         return False
 
     def stop_all(self) -> bool:
-        limit = self._start()[2]
+        limit = self.limit()
         if limit is None or self.elapsed() < limit:
             return False
         Ledger(self.root).record(self.stage, self.elapsed())  # the time the stage ended, not its last epoch's
+        _, _, base, reserve = self._start()
+        if reserve and limit < base and not self._said:
+            self._said = True
+            print(f"{self.stage}: ends at {format_duration(limit)}, leaving {format_duration(reserve['share_s'] - limit)}"
+                  f" for the retraining: one run of {reserve['epochs']} epochs (the shortest allowed) takes about "
+                  f"{format_duration(self.reserved_seconds())}", flush=True)
         return True
 
 
@@ -194,6 +242,16 @@ class RetrainPlan:
 # "Seeds or epochs"). Only when not even one wave of full runs fits what is left are they shortened, down to this
 # fraction of their epochs: the budget is the user's.
 MIN_EPOCH_FRACTION_TO_FIT = 0.5
+
+
+def shortest_retrain_epochs(epochs: int) -> int:
+    """The fewest epochs a retraining run of ``epochs`` is shortened to (``MIN_EPOCH_FRACTION_TO_FIT``)."""
+    return max(1, math.ceil(MIN_EPOCH_FRACTION_TO_FIT * epochs))
+
+
+def retrain_scale(train: int, val: int) -> float:
+    """How many times a search trial's training faces a retraining run trains on (train + validation)."""
+    return (train + val) / max(1, train)
 # Length pays before seeds, up to a point. In the same measurement 2 seeds of 16 epochs (objective 0.647) beat 4 of
 # 8 (0.748) at equal cost and 4 of 12 (0.690) at less, and 2 of 24 (0.706) were worse than 2 of 16: so runs are
 # lengthened up to MAX_EPOCH_FACTOR × their epochs before the time goes to further waves of seeds, and only runs at
@@ -221,7 +279,8 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
     one with the most seeds, then the longest runs, then the most configurations, among lengths of at least
     ``LONG_EPOCH_FACTOR`` × ``epochs``; where none of those fits, the longest runs that fit (one wave, its seeds),
     down to ``MIN_EPOCH_FRACTION_TO_FIT`` of ``epochs``. At least one wave is always planned, even if it overruns
-    the budget (a search must hand over a model).
+    the budget (a search must hand over a model): where not even the shortest runs fit, one wave of those, the
+    least overrun.
     """
     room = seconds_left * (1 + 1e-9)  # (keeps a rounding error from costing a wave, and with it seeds)
 
@@ -233,14 +292,14 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
     if not epochs:
         plan = option(None)
     else:
-        lowest = max(1, math.ceil(MIN_EPOCH_FRACTION_TO_FIT * epochs))
+        lowest = shortest_retrain_epochs(epochs)
         fitting = [option(e) for e in range(math.floor(MAX_EPOCH_FACTOR * epochs), lowest - 1, -1)]
         fitting = [p for p in fitting if p.seconds <= room]
         long_enough = [p for p in fitting if p.epochs >= LONG_EPOCH_FACTOR * epochs]
         if long_enough:
             plan = max(long_enough, key=lambda p: (p.seeds, p.epochs, p.configs))
-        else:  # the longest runs that fit, full length or shortened; full runs overrunning where none does
-            plan = fitting[0] if fitting else option(epochs)
+        else:  # the longest runs that fit, full length or shortened; the shortest, overrunning, where none does
+            plan = fitting[0] if fitting else option(lowest)
     if plan.seconds > room:
         plan = dataclasses.replace(plan, note=f"one retraining run ({plan.seconds / plan.waves:.0f} s) is longer than "
                                               f"the {seconds_left:.0f} s left; it runs anyway")

@@ -229,11 +229,15 @@ def run_search(s: RunSettings, arch: str, data, gpus_per_trial: float, concurren
     local = s.root / arch
     local.mkdir(parents=True, exist_ok=True)
     if s.budget_s is not None:
-        from search.budget import Ledger, format_duration
+        from search.budget import Ledger, format_duration, retrain_scale, shortest_retrain_epochs
 
         ledger = Ledger(s.root, s.budget_s)
         limit = ledger.search_limit(s.archs, arch)
         ledger.set_limit(f"{arch}/search", limit)
+        # a share too small for both stages ends the search early enough for the retraining's shortest runs
+        ledger.set_reserve(f"{arch}/search", ledger.arch_share(s.archs, arch),
+                           shortest_retrain_epochs(s.epochs_for(arch)),
+                           retrain_scale(len(data.split.train), len(data.split.val)))
         print(f"{arch}: the search may spend {format_duration(limit)} of the {format_duration(s.budget_s)} budget"
               + (f" ({format_duration(ledger.spent[f'{arch}/search'])} spent before)" if ledger.spent.get(f"{arch}/search") else ""))
     plan = SearchPlan(arch=arch, experiment_dir=s.experiment_dir(arch), num_samples=s.num_samples,
@@ -285,15 +289,15 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
     ranked = best_configs(trials, data.base_config, k=s.retrain_top_k)
     stopper = None
     if s.budget_s is not None:
-        from search.budget import BudgetStopper, Ledger, format_duration, plan_retrain, project_run_seconds
+        from search.budget import (BudgetStopper, Ledger, format_duration, plan_retrain, project_run_seconds,
+                                   retrain_scale)
 
         # the retraining has no limit in the ledger: it is planned to fit, its time recorded, a started run never cut
         ledger = Ledger(s.root, s.budget_s)
         left = ledger.retrain_seconds(s.archs, arch)
         if ranked and not resume:
             # one retraining run, projected from the best trial's measured epoch times, training scaled to train+val
-            split = data.split
-            scale = (len(split.train) + len(split.val)) / max(1, len(split.train))
+            scale = retrain_scale(len(data.split.train), len(data.split.val))
             row = trials[trials["trial_id"] == ranked[0]["trial_id"]].iloc[0]
             full = ranked[0]["config"]["epochs"]
             run_seconds = project_run_seconds(float(row["iter_seconds"]), full, scale, row.get("epoch_seconds"),

@@ -150,6 +150,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         super().on_trial_result(trial_id, result)
+        if self._budget is not None:
+            self._budget.observe(trial_id, result)
         if result.get("time_this_iter_s") is not None:
             self._epoch_seconds.append(float(result["time_this_iter_s"]))
 

@@ -63,6 +63,38 @@ def test_stopper_counts_earlier_runs_and_reads_its_limit_from_the_ledger(tmp_pat
     assert not BudgetStopper(tmp_path, "scratch/retrain").stop_all()  # no limit: time is only recorded
 
 
+def test_a_search_leaves_room_for_the_shortest_retraining_runs(tmp_path, capsys):
+    from search.budget import RETRAIN_PROJECTION_FACTOR, shortest_retrain_epochs
+
+    ledger = Ledger(tmp_path, 1000.0)
+    ledger.set_limit("scratch/search", 250.0)  # half of a 500 s share
+    ledger.set_reserve("scratch/search", 500.0, shortest_retrain_epochs(24), 1.25)
+    stopper = BudgetStopper(tmp_path, "scratch/search")
+    assert stopper.limit() == 250.0 and stopper.reserved_seconds() is None  # no epoch seen yet
+    # epochs of 20 s (16 training, 3 scoring): a run of 12 epochs on 1.25× the faces takes about 253 s
+    for epoch in range(3):
+        stopper("t1", {"time_this_iter_s": 20.0, "epoch_seconds": 16.0, "score_seconds": 3.0})
+    run = ((16 * 1.25 + 1) * 12 + 3) * RETRAIN_PROJECTION_FACTOR
+    assert stopper.reserved_seconds() == pytest.approx(run)
+    assert stopper.limit() == pytest.approx(500.0 - run)  # less than the search's half
+    # a slower trial (a larger network) is the one the projection keeps
+    stopper.observe("t2", {"time_this_iter_s": 30.0, "epoch_seconds": 26.0, "score_seconds": 3.0})
+    assert stopper.reserved_seconds() > run
+    # with the clock past the earlier end the whole search stops, and says why
+    Ledger(tmp_path).record("scratch/search", 240.0)
+    late = BudgetStopper(tmp_path, "scratch/search")
+    late("t1", {"time_this_iter_s": 20.0, "epoch_seconds": 16.0, "score_seconds": 3.0})
+    assert late.stop_all()
+    assert "the shortest allowed" in capsys.readouterr().out
+    # a share with room for both stages keeps the search's half
+    Ledger(tmp_path).set_reserve("scratch/search", 2000.0, 12, 1.25)
+    roomy = BudgetStopper(tmp_path, "scratch/search")
+    roomy.observe("t1", {"time_this_iter_s": 20.0, "epoch_seconds": 16.0, "score_seconds": 3.0})
+    assert roomy.limit() == 250.0
+    # the times seen are not pickled with the experiment: a restored run projects from its own epochs
+    assert pickle.loads(pickle.dumps(stopper)).reserved_seconds() is None
+
+
 @pytest.mark.parametrize("left, run, conc, k, seeds, expect", [
     (1000, 100, 2, 2, 2, (2, 2, 2)),    # everything asked fits
     (250, 100, 2, 3, 3, (1, 3, 2)),     # 2 waves × 2 = 4 runs: 3 seeds of the best config first
@@ -97,8 +129,8 @@ def test_retrain_plan_lengthens_runs_before_adding_seeds_and_shortens_them_only_
     assert (both.configs, both.seeds, both.epochs, both.waves) == (2, 4, 48, 4)
     seeds_first = plan_retrain(2400, 400, 2, 2, 4, 24)  # 3 waves: 6 runs at 48 epochs would allow 2 configurations
     assert (seeds_first.configs, seeds_first.seeds, seeds_first.epochs) == (1, 4, 48)
-    late = plan_retrain(150, 400, 2, 2, 4, 24)  # not even 12 epochs fit: full runs, overrunning, and it says so
-    assert (late.seeds, late.epochs) == (2, 24) and "runs anyway" in late.note
+    late = plan_retrain(150, 400, 2, 2, 4, 24)  # not even 12 epochs fit: the shortest runs, overrunning, and it says so
+    assert (late.seeds, late.epochs) == (2, 12) and "runs anyway" in late.note
 
 
 def test_a_retraining_run_is_projected_from_the_trials_training_and_scoring_times():
