@@ -221,8 +221,10 @@ class BudgetStopper(tune.Stopper):
         _, _, base, reserve = self._start()
         if reserve and limit < base and not self._said:
             self._said = True
-            print(f"{self.stage}: ends at {format_duration(limit)}, leaving {format_duration(reserve['share_s'] - limit)}"
-                  f" for the retraining: one run of {reserve['epochs']} epochs (the shortest allowed) takes about "
+            spent = self.elapsed()
+            print(f"{self.stage}: ends after {format_duration(spent)}, leaving "
+                  f"{format_duration(max(0.0, reserve['share_s'] - spent))} for the retraining: one run of "
+                  f"{reserve['epochs']} epochs (the shortest allowed) takes about "
                   f"{format_duration(self.reserved_seconds())}", flush=True)
         return True
 

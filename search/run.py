@@ -305,10 +305,11 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
             plan = plan_retrain(left, run_seconds, concurrency, s.retrain_top_k, s.retrain_seeds, full)
             top_k, n_seeds = plan.configs, plan.seeds
             ledger.set_retrain_epochs(arch, plan.epochs)  # always: a new plan replaces an earlier one's epochs
+            how = ("lengthened to fill the budget" if plan.epochs > full else
+                   "shortened as far as allowed" if plan.note else "shortened to fit")
             print(f"{arch}: {format_duration(left)} of the budget left for retraining; a run of {full} epochs takes "
                   f"about {format_duration(run_seconds)}: {plan.configs} configuration(s) × {plan.seeds} seed(s)"
-                  + (f" of {plan.epochs} epochs ({'shortened to fit' if plan.epochs < full else 'lengthened to fill the budget'})"
-                     if plan.epochs != full else "")
+                  + (f" of {plan.epochs} epochs ({how})" if plan.epochs != full else "")
                   + (f" ({plan.note})" if plan.note else ""))
         planned = ledger.retrain_epochs.get(arch)
         if planned:
