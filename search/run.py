@@ -402,7 +402,12 @@ def main(args: argparse.Namespace) -> int:
     if training:
         print(f"watch the trials: tensorboard --logdir {s.storage}/{s.name}", flush=True)
         for arch in s.archs:
+            started = time.monotonic()
             data = prepare_trial_data(s, arch, faces, split)
+            if s.budget_s is not None:  # another face size is read (decoded, on a cold cache) here: set-up too
+                from search.budget import SETUP_STAGE, Ledger
+
+                Ledger(s.root).add(SETUP_STAGE, time.monotonic() - started)
             print(f"{arch}: trials train in {trial_precision(data.base_config, gpus_per_trial, s.cpus_per_trial)}",
                   flush=True)
             if searching:
