@@ -245,6 +245,13 @@ class RetrainPlan:
 # fraction of their epochs: the budget is the user's.
 MIN_EPOCH_FRACTION_TO_FIT = 0.5
 
+# Length pays before seeds, up to a point. In the same measurement 2 seeds of 16 epochs (objective 0.647) beat 4 of
+# 8 (0.748) at equal cost and 4 of 12 (0.690) at less, and 2 of 24 (0.706) were worse than 2 of 16: so runs are
+# lengthened up to MAX_EPOCH_FACTOR × their epochs before the time goes to further waves of seeds, and only runs at
+# least LONG_EPOCH_FACTOR × as long are shortened to let such waves in (4 seeds of 12 beat 2 of 12, 0.690 / 0.696)
+MAX_EPOCH_FACTOR = 2.0
+LONG_EPOCH_FACTOR = 1.5
+
 
 def shortest_retrain_epochs(epochs: int) -> int:
     """The fewest epochs a retraining run of ``epochs`` is shortened to (``MIN_EPOCH_FRACTION_TO_FIT``)."""
@@ -254,12 +261,6 @@ def shortest_retrain_epochs(epochs: int) -> int:
 def retrain_scale(train: int, val: int) -> float:
     """How many times a search trial's training faces a retraining run trains on (train + validation)."""
     return (train + val) / max(1, train)
-# Length pays before seeds, up to a point. In the same measurement 2 seeds of 16 epochs (objective 0.647) beat 4 of
-# 8 (0.748) at equal cost and 4 of 12 (0.690) at less, and 2 of 24 (0.706) were worse than 2 of 16: so runs are
-# lengthened up to MAX_EPOCH_FACTOR × their epochs before the time goes to further waves of seeds, and only runs at
-# least LONG_EPOCH_FACTOR × as long are shortened to let such waves in (4 seeds of 12 beat 2 of 12, 0.690 / 0.696)
-MAX_EPOCH_FACTOR = 2.0
-LONG_EPOCH_FACTOR = 1.5
 
 
 def _fit(seconds_left: float, run_seconds: float, concurrency: int, max_configs: int, max_seeds: int
