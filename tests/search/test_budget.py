@@ -71,7 +71,7 @@ def test_a_search_leaves_room_for_the_shortest_retraining_runs(tmp_path, capsys)
     ledger.set_reserve("scratch/search", 500.0, shortest_retrain_epochs(24), 1.25)
     stopper = BudgetStopper(tmp_path, "scratch/search")
     assert stopper.limit() == 250.0 and stopper.reserved_seconds() is None  # no epoch seen yet
-    # epochs of 20 s (16 training, 3 scoring): a run of 12 epochs on 1.25× the faces takes about 253 s
+    # epochs of 20 s (16 training, 3 scoring): a run of 12 epochs on 1.25× the faces takes about 268 s
     for epoch in range(3):
         stopper("t1", {"time_this_iter_s": 20.0, "epoch_seconds": 16.0, "score_seconds": 3.0})
     run = ((16 * 1.25 + 1) * 12 + 3) * RETRAIN_PROJECTION_FACTOR
