@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from data_utils.augment import AugmentStrength
 from data_utils.cache import check_image_size
 from experiments.device import PRECISIONS
 from models.heads import AGE_HEADS
@@ -71,6 +72,8 @@ class TrainConfig:
     aug_shift: float = 0.1
     aug_scale: float = 0.1
     aug_brightness: float = 0.2
+    aug_erase: float = 0.0  # probability of random erasing (one noise rectangle per face)
+    mixup_alpha: float = 0.0  # > 0: blend each batch with a shuffled copy, λ ~ Beta(α, α); labels mixed alike
     tta_flip: bool = True  # evaluation averages each face and its mirror (validation, test, export, predict); −0.25 MAE
     # > 0: evaluation also averages the face zoomed in and out by this fraction (models.heads.zoom_views); None:
     # the architecture's measured choice (models.heads.TTA_ZOOM: 0.1 for the pretrained model, off for scratch)
@@ -93,11 +96,17 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.age_head not in AGE_HEADS:
             raise ValueError(f"unknown age_head {self.age_head!r}; valid: {', '.join(AGE_HEADS)}")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0 (0 = off), got {self.mixup_alpha}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         check_image_size(self.image_size)
+        try:
+            self.augmentation()
+        except ValueError as err:
+            raise ValueError(f"config aug_* fields: {err}") from None
         for name in ("batch_size", "epochs", "dense_units", "base_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -122,6 +131,11 @@ class TrainConfig:
         """A config saved with an earlier run (a checkpoint's, an export's): fields it predates take the value
         that reproduces how it was trained and scored (``SAVED_BEFORE``), not today's default."""
         return cls.from_dict({**SAVED_BEFORE, **values})
+
+    def augmentation(self) -> AugmentStrength:
+        """The training augmentation these ``aug_*`` fields describe."""
+        return AugmentStrength(self.aug_flip, self.aug_rotate, self.aug_shift, self.aug_scale, self.aug_brightness,
+                               self.aug_erase)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
+from data_utils.augment import augment_batch  # noqa: E402
 from data_utils.dataset import SPLIT_FILE, Faces, NoUsableImagesError, Split, load_faces, make_split  # noqa: E402
 from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
 from experiments.objective import METRIC, gender_accuracy, objective, predicted_female  # noqa: E402
@@ -87,6 +87,13 @@ def loss_terms(age_pred, gender_logit, age, gender, age_weight: float, age_logit
         target = torch.softmax(-0.5 * ((bins - age[:, None]) / DLDL_SIGMA) ** 2, dim=1)
         total = total + F.kl_div(F.log_softmax(age_logits.float(), dim=1), target, reduction="batchmean")
     return total, bce, l1
+
+
+def mixup_draw(n: int, alpha: float, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Mixup's weight for one batch, λ ~ Beta(α, α) kept ≥ 0.5 so each image stays the larger part of its
+    blend, and each image's partner (a permutation of the batch)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    return max(lam, 1 - lam), torch.randperm(n, device=device)
 
 
 @torch.no_grad()
@@ -186,7 +193,7 @@ class Trainer:
         self.model = build_model(cfg, imagenet_state=imagenet_state).to(self.device)
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.augment = AugmentStrength(cfg.aug_flip, cfg.aug_rotate, cfg.aug_shift, cfg.aug_scale, cfg.aug_brightness)
+        self.augment = cfg.augmentation()
         self.optimizer = make_optimizer(self.model, cfg)
         self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         n = len(self.train_data)
@@ -235,12 +242,20 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
             x = augment_batch(to_input(data.batch(idx), False), self.augment)
+            age, gender = data.ages[idx], data.genders[idx]
+            if cfg.mixup_alpha > 0:
+                lam, partner = mixup_draw(len(idx), cfg.mixup_alpha, self.device)
+                x = lam * x + (1 - lam) * x[partner]
             if self.precision.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.precision.autocast():
                 age_pred, logit, age_logits = self.model.outputs(x)
-            loss, bce, l1 = loss_terms(age_pred, logit, data.ages[idx], data.genders[idx], cfg.age_loss_weight,
-                                       age_logits)
+            loss, bce, l1 = loss_terms(age_pred, logit, age, gender, cfg.age_loss_weight, age_logits)
+            if cfg.mixup_alpha > 0:
+                # every term is mixed with the images' weights: BCE and the KL are linear in their targets,
+                # and an L1 to the mixed age would reward predicting the mean of two faces' ages
+                other = loss_terms(age_pred, logit, age[partner], gender[partner], cfg.age_loss_weight, age_logits)
+                loss, bce, l1 = (lam * a + (1 - lam) * b for a, b in zip((loss, bce, l1), other))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -250,7 +265,7 @@ class Trainer:
                 self.ema.update(self.model)
             if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
                 self.scheduler.step()
-            correct = (predicted_female(torch.sigmoid(logit.detach().float())).float() == data.genders[idx]).float().mean()
+            correct = (predicted_female(torch.sigmoid(logit.detach().float())).float() == gender).float().mean()
             totals += torch.stack([loss.detach(), bce.detach(), l1.detach(), correct])
         train_loss, _, train_mae, train_acc = (totals / self.steps_per_epoch).tolist()
         if not math.isfinite(train_loss):

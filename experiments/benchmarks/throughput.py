@@ -25,7 +25,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from data_utils.augment import AugmentStrength, augment_batch  # noqa: E402
+from data_utils.augment import augment_batch  # noqa: E402
 from experiments.config import TrainConfig, parse_overrides  # noqa: E402
 from experiments.device import (Precision, device_name, eval_batch_size, fp32_nchw, resolve_device,  # noqa: E402
                                 resolve_precision)
@@ -65,7 +65,7 @@ class Step:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.train()
         self.opt = make_optimizer(self.model, cfg)
-        self.aug = AugmentStrength(cfg.aug_flip, cfg.aug_rotate, cfg.aug_shift, cfg.aug_scale, cfg.aug_brightness)
+        self.aug = cfg.augmentation()
         n = cfg.batch_size * 4
         self.images = torch.randint(0, 256, (n, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
         self.ages = torch.rand(n, device=device) * 80 + 1

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from data_utils.augment import AugmentStrength, augment_batch
+from data_utils.augment import ERASE_AREA, AugmentStrength, augment_batch
 
 
 def batch(n=8, size=32):
@@ -45,8 +45,24 @@ def test_brightness_scales_within_bounds():
     assert y.view(16, -1).std(dim=1).max() < 1e-6  # one factor per image
 
 
+def test_erasing_fills_one_rectangle_of_noise_in_some_images():
+    x = torch.zeros(400, 3, 24, 24)
+    y = augment_batch(x, AugmentStrength(flip=0, rotate=0, shift=0, scale=0, brightness=0, erase=0.5))
+    touched = (y != 0).any(dim=1)  # B×H×W: where noise went
+    erased = touched.flatten(1).any(dim=1)
+    assert 150 < erased.sum() < 250
+    for mask in touched[erased][:50]:
+        rows, cols = mask.any(dim=1).nonzero(), mask.any(dim=0).nonzero()
+        box = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all()  # one solid rectangle, every channel noise
+        assert ERASE_AREA[0] * 0.5 <= box.numel() / mask.numel() <= ERASE_AREA[1] * 1.5
+    assert torch.equal(y[~erased], x[~erased])
+
+
 def test_bad_strengths_are_rejected():
     with pytest.raises(ValueError):
         AugmentStrength(rotate=-1)
     with pytest.raises(ValueError):
         AugmentStrength(flip=1.5)
+    with pytest.raises(ValueError):
+        AugmentStrength(erase=1.5)

@@ -24,7 +24,8 @@ def test_overlay_keeps_the_base():
     assert TrainConfig.from_dict({"dropout": 0.1}, base).lr == 0.5
 
 
-@pytest.mark.parametrize("bad", [{"optimizer": "lion"}, {"schedule": "step"}, {"dropout": 1.0}, {"epochs": 0}])
+@pytest.mark.parametrize("bad", [{"optimizer": "lion"}, {"schedule": "step"}, {"dropout": 1.0}, {"epochs": 0},
+                                 {"aug_erase": 2.0}])
 def test_invalid_values_are_rejected(bad):
     with pytest.raises(ValueError, match="valid|must"):
         TrainConfig.from_dict(bad)

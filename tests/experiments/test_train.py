@@ -8,7 +8,8 @@ import torch
 
 from conftest import ROOT
 from experiments.config import TrainConfig
-from experiments.train import NonFiniteLossError, Trainer, fit_parts, load_model, prepare_data, score, TensorData
+from experiments.train import (NonFiniteLossError, Trainer, fit_parts, load_model, mixup_draw, prepare_data, score,
+                               TensorData)
 
 SMALL = {"image_size": 32, "max_images": 2000, "batch_size": 32, "depth": 3, "base_width": 16, "dense_units": 64,
          "dropout": 0.1, "lr": 0.003, "warmup_epochs": 0, "age_loss_weight": 0.5, "epochs": 3, "device": "cpu"}
@@ -77,6 +78,30 @@ def test_checkpoint_is_plain_and_resumes_exactly(small, tmp_path):
     data = TensorData.from_faces(val, torch.device("cpu"))
     first.model.eval()
     assert score(model, data, 0.5) == pytest.approx(score(first.model, data, 0.5))
+
+
+def test_mixup_and_erasing_change_training_and_resume_exactly(small, tmp_path):
+    cfg, faces, split = small
+    plain = TrainConfig.from_dict({"epochs": 2, "max_images": 300}, cfg)
+    cfg = TrainConfig.from_dict({"mixup_alpha": 0.4, "aug_erase": 0.5}, plain)
+    train, val = fit_parts(faces, split, cfg)
+    full = list(Trainer(cfg, train, val).epochs())
+    assert full[0]["train_loss"] != pytest.approx(next(Trainer(plain, train, val).epochs())["train_loss"], rel=1e-3)
+    first = Trainer(cfg, train, val)
+    next(first.epochs())
+    torch.save(first.checkpoint(), tmp_path / "ckpt.pt")
+    resumed = Trainer(cfg, train, val)
+    resumed.load_checkpoint(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    rest = list(resumed.epochs())
+    assert rest[0]["train_loss"] == pytest.approx(full[1]["train_loss"], rel=1e-5)
+    assert rest[0]["objective"] == pytest.approx(full[1]["objective"], rel=1e-5)
+
+
+def test_mixup_draws_a_larger_share_and_a_permutation():
+    torch.manual_seed(0)
+    for _ in range(20):
+        lam, partner = mixup_draw(16, 0.4, torch.device("cpu"))
+        assert 0.5 <= lam <= 1 and sorted(partner.tolist()) == list(range(16))
 
 
 def test_divergence_raises_a_clear_error(small):
