@@ -25,7 +25,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from data_utils.dataset import Faces, Split  # noqa: E402
+from data_utils.dataset import SPLIT_FILE, Faces, Split  # noqa: E402
 from data_utils.scan import AGE_BANDS, age_band  # noqa: E402
 from experiments.calibration import CHECK_SPLITS, DEFAULT_COVERAGE, calibrate  # noqa: E402
 from experiments.config import TrainConfig, load_config_file  # noqa: E402
@@ -585,7 +585,26 @@ def image_sizes(settings: dict[str, Any], results: dict[str, ArchResults]) -> st
     return ", ".join(f"{arch} {size} px" for arch, size in sizes.items())
 
 
-def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[str, ArchResults]) -> None:
+def retraining_seeds(settings: dict[str, Any], results: dict[str, ArchResults]) -> str:
+    """The seeds and lengths the retraining ran, per architecture (a budget's plan may run fewer seeds, or longer
+    runs, than the settings allow); the settings' seeds where no retraining has run yet."""
+    ran = {arch: r.runs for arch, r in results.items() if {"seed", "epochs"} <= set(r.runs.columns)}
+    if not ran:
+        planned = ", ".join(str(s) for s in range(int(settings.get("retrain_seeds", 1))))
+        return f"{planned} (planned; none has run)"
+    return "; ".join(f"{arch} {', '.join(str(int(s)) for s in sorted(runs['seed'].unique()))} "
+                     f"({', '.join(str(int(e)) for e in sorted(runs['epochs'].unique()))} epochs)"
+                     for arch, runs in ran.items())
+
+
+def split_description(split: Split) -> str:
+    parts = "/".join(str(len(getattr(split, part))) for part in ("train", "val", "test"))
+    fractions = "/".join(f"{f:.0%}" for f in split.fractions)
+    return f"{parts} images ({fractions}), stratified by gender × age band, seed {split.seed} ({SPLIT_FILE})"
+
+
+def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[str, ArchResults],
+                split: Split) -> None:
     import ray
 
     doc.heading(SECTIONS[7])
@@ -593,8 +612,7 @@ def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[st
     rows = [("python", sys.version.split()[0]), ("platform", platform.platform()), ("processor", platform.machine()),
             ("GPUs (report machine)", gpu), ("torch", torch.__version__), ("ray", ray.__version__),
             ("optuna", optuna.__version__), ("search seed (TPE and trials)", settings.get("seed")),
-            ("retraining seeds", ", ".join(str(s) for s in range(int(settings.get("retrain_seeds", 1))))),
-            ("split", "70/15/15 stratified by gender × age band, seed 0 (split.json)"),
+            ("retraining seeds", retraining_seeds(settings, results)), ("split", split_description(split)),
             ("data", settings.get("data_dir")), ("image size", image_sizes(settings, results)),
             ("images used", settings.get("max_images") or "all")]
     for arch, r in results.items():
@@ -640,7 +658,7 @@ def write_report(root: Path, faces: Faces, split: Split) -> Path:
     importance(doc, results, out)
     error_analysis(doc, results, faces, out)
     sureness_and_groups(doc, results)
-    environment(doc, root, settings, results)
+    environment(doc, root, settings, results, split)
     (out / "report.md").write_text(doc.markdown())
     (out / "report.html").write_text(doc.html(f"facetune report: {root.name}"))
     return out

@@ -96,6 +96,15 @@ def test_report_has_every_section_and_matches_the_results(tiny_search):
         row = next(line for line in md.splitlines() if line.startswith(f"| {label}: ensemble of its 2 seeds |"))
         assert f"| {correct.mean() * 100:.1f} | {low:.1%} – {high:.1%} |" in row
     assert "| study: Model A (validation, reported) | 86–87% |" in md
+    # what ran and on which split, read from the experiment's own records, not from the settings' upper bounds
+    ran = "; ".join(f"{arch} " + ", ".join(str(s) for s in sorted(runs["seed"].unique()))
+                    + " (" + ", ".join(str(e) for e in sorted(runs["epochs"].unique())) + " epochs)"
+                    for arch in ("scratch", "pretrained")
+                    for runs in [pd.read_csv(folder / f"{arch}-retrain" / "retrain_runs.csv")])
+    assert f"| retraining seeds | {ran} |" in md
+    split = json.loads((folder / "split.json").read_text())
+    counts = "/".join(str(split["counts"][part]) for part in ("train", "val", "test"))
+    assert f"| split | {counts} images (70%/15%/15%), stratified by gender × age band, seed {split['seed']} " in md
     assert "search/run.py" in md and "--stage report" in md
     assert "report:" in result.stdout
 
