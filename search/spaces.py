@@ -77,9 +77,8 @@ SPACES = {
 # the study's recipe of each architecture (experiments/configs), the first trial of every search of it
 RECIPES = {"scratch": "seed_a", "pretrained": "seed_b"}
 # the best configuration a search of the project found for an architecture, ranked on validation (experiments/configs
-# says which search and how it scored); tried right after the recipe, so a short search starts from it. The scratch
-# CNN's is TrainConfig's defaults (its 30-minute search ranked them first), enqueued anyway.
-FOUND = {"pretrained": "tuned_b"}
+# says which search and how it scored); tried right after the recipe, so a short search starts from it
+FOUND = {"scratch": "tuned_a", "pretrained": "tuned_b"}
 
 
 def point_in_space(values: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
