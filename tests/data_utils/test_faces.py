@@ -37,11 +37,14 @@ def crop_files(data_dir, n, start=0):
 
 def test_real_crops_redetected_and_realigned(data_dir):
     rng = np.random.default_rng(0)
+    differences = []
     for path in crop_files(data_dir, 8, 300):
         crop = load_photo(path.read_bytes())
         found = detect(crop)
         assert found, path.name
         assert np.abs(found[0].landmarks / 200 - UTK_LANDMARKS).max() < 0.12, path.name
+        same = np.asarray(align(crop, found[0].landmarks), np.float64) - np.asarray(crop, np.float64)
+        differences.append(np.abs(same).mean())
         # the same face rotated, shrunk and placed in a larger picture comes back to the same geometry
         angle = rng.uniform(-20, 20)
         photo = Image.new("RGB", (500, 400), (90, 90, 90))
@@ -53,6 +56,9 @@ def test_real_crops_redetected_and_realigned(data_dir):
         assert back and np.abs(back[0].landmarks - found[0].landmarks).max() / 200 < 0.06, path.name
         tensor, _ = decode_face(face_crop_bytes(photo, placed[0]), 64)  # the training's own preparation
         assert tensor.shape == (3, 64, 64)
+    # a crop re-aligned onto UTKFace's geometry gives back nearly its own pixels: a mean |difference| of 13.6 levels
+    # over these 8 crops, 36.7 with the colour channels swapped, more for a misplaced or upside-down face
+    assert np.mean(differences) < 20
 
 
 def test_similarity_recovers_a_known_transform():
