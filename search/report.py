@@ -598,6 +598,7 @@ def retraining_seeds(settings: dict[str, Any], results: dict[str, ArchResults]) 
 
 
 def split_description(split: Split) -> str:
+    """The split's part sizes, fractions and seed, as the split file records them."""
     parts = "/".join(str(len(getattr(split, part))) for part in ("train", "val", "test"))
     fractions = "/".join(f"{f:.0%}" for f in split.fractions)
     return f"{parts} images ({fractions}), stratified by gender × age band, seed {split.seed} ({SPLIT_FILE})"

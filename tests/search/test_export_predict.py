@@ -9,9 +9,11 @@ import torch
 
 from conftest import copy_real, jpeg_bytes, run_cli
 from data_utils.cache import decode_face
+from data_utils.faces import DEFAULT_DETECTOR
 from data_utils.scan import parse_name
+from experiments.train import load_model
 from search.export import Exported
-from search.predict import load_export
+from search.predict import load_export, predict_photos
 
 
 @pytest.fixture(scope="module")
@@ -270,10 +272,6 @@ def test_a_trained_model_sees_an_adult_woman_in_the_packaged_photo(data_dir, tmp
     male in 4 of 5, and shown the aligned face upside down, male in 5 of 5."""
     from PIL import Image
     from skimage import data
-
-    from data_utils.faces import DEFAULT_DETECTOR
-    from experiments.train import load_model
-    from search.predict import predict_photos
 
     run = tmp_path / "run"
     result = run_cli("--config", "experiments/configs/tuned_a.json", "--image-size", 32, "--epochs", 6, "--seed", 0,

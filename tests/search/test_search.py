@@ -54,9 +54,8 @@ def test_the_study_recipe_the_found_configuration_and_the_defaults_are_trials_of
     settings = RunSettings(**json.loads((folder / "search_settings.json").read_text())["settings"])
     for arch in ("scratch", "pretrained"):
         trials = pd.read_csv(folder / arch / "trials.csv")
-        found = [load_config_file(FOUND[arch])] if arch in FOUND else []
-        assert found  # each architecture has one (spaces.FOUND)
-        for values in (load_config_file(RECIPES[arch]), *found, TrainConfig(arch=arch).to_dict()):
+        found = load_config_file(FOUND[arch])  # each architecture has one (spaces.FOUND)
+        for values in (load_config_file(RECIPES[arch]), found, TrainConfig(arch=arch).to_dict()):
             point = point_in_space(values, settings.space(arch))
             matches = [all(row[f"config/{k}"] == pytest.approx(v) for k, v in point.items())
                        for _, row in trials.iterrows()]
