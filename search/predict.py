@@ -40,9 +40,8 @@ from experiments.config import TrainConfig  # noqa: E402
 from experiments.groups import fairness  # noqa: E402
 from experiments.objective import gender_accuracy, predicted_female  # noqa: E402
 from models import Ensemble, build_model  # noqa: E402
-from search.export import CALIBRATION_FILE, Exported  # noqa: E402
+from search.export import CALIBRATION_FILE, REQUIRED_FILES, Exported  # noqa: E402
 
-EXPORT_FILES = ("config.json", "model.pt", "preprocessing.json")
 OUTPUT_FORMATS = (".csv", ".json")
 
 
@@ -78,7 +77,7 @@ class ExportFolderError(ValueError):
 def load_export(folder: str | os.PathLike) -> tuple[torch.nn.Module, TrainConfig]:
     """Rebuild the exported model from its config and weights (``weights_only`` loading)."""
     root = Path(folder).expanduser()
-    missing = [f for f in EXPORT_FILES if not (root / f).is_file()]
+    missing = [f for f in REQUIRED_FILES if not (root / f).is_file()]
     if missing:
         raise ExportFolderError(f"{root} is not an export folder (missing {', '.join(missing)}); "
                                 "make one with `python search/export.py --experiment DIR`")
@@ -179,9 +178,29 @@ def has_utkface_name(path: Path) -> bool:
         return False
 
 
-def annotate(path: Path, rows: list[dict], out_dir: Path) -> None:
-    """``path`` with each face's box and label drawn, as ``out_dir/<name>.jpg``. The photo is read again rather than
-    kept from detection: photos up to faces.MAX_PIXELS would otherwise be held for a whole batch of faces."""
+def annotation_targets(paths: list[Path], out_dir: Path) -> dict[Path, Path]:
+    """Where each input's annotated copy goes: its own name, extension kept, in ``out_dir``. An extension PIL cannot
+    write gets ``.png`` added; a name two inputs share gets ``-2``, ``-3``, ... before its extension."""
+    from PIL import Image
+
+    writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    taken, targets = set(), {}
+    for path in paths:
+        name = path.name if path.suffix.lower() in writable else f"{path.name}.png"
+        stem, suffix = Path(name).stem, Path(name).suffix
+        candidate, n = name, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{stem}-{n}{suffix}"
+        taken.add(candidate.lower())
+        targets[path] = out_dir / candidate
+    return targets
+
+
+def annotate(path: Path, rows: list[dict], target: Path) -> None:
+    """``path`` with each face's box and label drawn, saved as ``target`` (its format from the extension). The photo
+    is read again rather than kept from detection: photos up to data_utils.cache.MAX_PIXELS would otherwise be held
+    for a whole batch of faces."""
     from PIL import ImageDraw
 
     from data_utils.faces import read_photo
@@ -200,8 +219,8 @@ def annotate(path: Path, rows: list[dict], out_dir: Path) -> None:
         top = max(0, y - (lower - upper) - 2 * width)
         draw.rectangle((x, top, x + (right - left) + 2 * width, top + (lower - upper) + 2 * width), fill=colour)
         draw.text((x + width, top + width - upper), label, fill=(255, 255, 255), font_size=size)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    img.save(out_dir / f"{path.stem}.jpg", quality=90)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    img.save(target, **({"quality": 90} if target.suffix.lower() in (".jpg", ".jpeg") else {}))
 
 
 def write_rows(rows: list[dict], out: Path) -> None:
@@ -247,18 +266,42 @@ def empty_folder_message(folder: Path, report: ScanReport, evaluate: bool) -> st
     return f"no images to predict in {folder}: {report.files_seen} entries, no regular file ({found})"
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, a numeric flag out of range and an output path that cannot be written."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: give 1 or more faces per forward pass")
+    out = Path(args.out).expanduser()
+    if Path(args.out).suffix.lower() not in OUTPUT_FORMATS:
+        raise ValueError(f"--out {args.out}: name a {' or '.join(OUTPUT_FORMATS)} file")
+    if out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; name a {' or '.join(OUTPUT_FORMATS)} file")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"--out {args.out}: the folder {parent} does not exist; create it or name a file elsewhere")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {args.out}: the folder {parent} is not writable; name a file elsewhere")
+    if args.annotate and Path(args.annotate).expanduser().exists() and not Path(args.annotate).expanduser().is_dir():
+        raise ValueError(f"--annotate {args.annotate} is a file; name a folder for the annotated copies "
+                         "(it is created if missing)")
+
+
+def check_annotate_folder(folder: Path, paths: list[Path]) -> None:
+    """Refuse an ``--annotate`` folder that holds any input image: its annotated copy would replace the original."""
+    inside = [p for p in paths if p.expanduser().resolve().parent == folder.expanduser().resolve()]
+    if inside:
+        raise ValueError(f"--annotate {folder} holds {len(inside)} of the input images (e.g. {inside[0].name}), "
+                         "which their annotated copies would overwrite; name another folder")
+
+
 def main(args: argparse.Namespace) -> int:
     try:
-        model, cfg = load_export(args.model)
-        calibration = load_calibration(args.model)
+        check_outputs(args)
         if args.data and args.images:
             raise ValueError("give image files or --data DIR, not both")
         if args.evaluate and not args.data:
             raise ValueError("--evaluate needs --data DIR with UTKFace-named files")
         if args.coverage is not None and not 0 < args.coverage < 1:
             raise ValueError(f"--coverage {args.coverage}: give a level between 0 and 1, e.g. 0.9")
-        if Path(args.out).suffix.lower() not in OUTPUT_FORMATS:
-            raise ValueError(f"--out {args.out}: name a {' or '.join(OUTPUT_FORMATS)} file")
         labels, skipped = {}, Counter()
         if args.data:
             folder = Path(args.data).expanduser().resolve()
@@ -281,6 +324,10 @@ def main(args: argparse.Namespace) -> int:
             paths = [Path(p).expanduser() for p in args.images]
             if not paths:
                 raise ValueError("no images given: list image files or pass --data DIR")
+        if args.annotate:
+            check_annotate_folder(Path(args.annotate), paths)
+        model, cfg = load_export(args.model)
+        calibration = load_calibration(args.model)
     except (ExportFolderError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -334,19 +381,22 @@ def main(args: argparse.Namespace) -> int:
                 print(f"skipped {path}: {p_female}", file=sys.stderr)
                 continue
             by_file[path] = [result(path, age, p_female, {})]
+    targets = annotation_targets(paths, Path(args.annotate).expanduser()) if args.annotate else {}
+    drawn = 0
     for path, found in by_file.items():
         rows += found
         if args.annotate:
             try:
-                annotate(path, found, Path(args.annotate).expanduser())
-            except (OSError, DecodeError) as err:
+                annotate(path, found, targets[path])
+                drawn += 1
+            except (OSError, ValueError) as err:  # DecodeError is a ValueError
                 print(f"could not annotate {path}: {err}", file=sys.stderr)
     if rows:
         write_rows(rows, Path(args.out))
     what = f"{len(rows)} face(s) in {len(by_file)} image(s)" if detect else f"{len(rows)} image(s)"
     print(f"predicted {what}, skipped {sum(skipped.values())}"
           + (f" ({', '.join(f'{n} {r}' for r, n in sorted(skipped.items()))})" if skipped else "")
-          + (f" → {args.out}" if rows else "") + (f"; drawn in {args.annotate}" if rows and args.annotate else ""),
+          + (f" → {args.out}" if rows else "") + (f"; {drawn} drawn in {args.annotate}" if rows and args.annotate else ""),
           file=sys.stderr)
     if args.evaluate and rows:
         print(json.dumps(evaluation(rows, skipped, coverage if halfwidth is not None else None)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from experiments.objective import METRIC, MODE, SELECTION_EPOCHS, selection_scor
 from search.trainable import CHECKPOINT_FILE, PLACEMENT
 
 STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED = "completed", "stopped_early", "failed"
+STATUS_INTERRUPTED = "interrupted"  # the run was stopped (a signal, a full disk) while the trial ran or waited
+FINISHED_IN_TUNE = ("TERMINATED", "ERROR")
 TRIALS_FILE, BEST_CONFIG_FILE, PLAN_FILE = "trials.csv", "best_config.json", "search_plan.json"
 LOCAL_COLUMNS = ("trial_path", "best_checkpoint")  # where a trial's files are: the manifest's, not trials.csv's
 SCORE_COLUMN = f"score_{METRIC}"  # what trials are ranked by: experiments.objective.selection_score
@@ -39,23 +42,44 @@ def error_reason(error: BaseException | str | None) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int) -> pd.DataFrame:
-    """One row per trial: its searched config, epochs run, how it ended, best and last metrics."""
+def saved_statuses(experiment_dir: str | os.PathLike) -> dict[str, str]:
+    """Trial id → its status in Tune's last snapshot of the experiment (TERMINATED, ERROR, RUNNING, PENDING,
+    PAUSED): what a resume continues. Empty where the snapshot cannot be read (a URI, or none yet)."""
+    from search.storage import snapshot_files
+
+    if "://" in str(experiment_dir):
+        return {}
+    state = next((p for p in snapshot_files(Path(experiment_dir)) if p.name.startswith("experiment_state-")), None)
+    try:
+        trials = json.loads(state.read_text())["trial_data"] if state is not None else []
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {t["trial_id"]: t["status"] for t in (json.loads(meta) for meta, _ in trials)}
+
+
+def trial_rows(result_grid, base_config: dict[str, Any], max_epochs: int, interrupted: bool = False,
+               budgeted: bool = True) -> pd.DataFrame:
+    """One row per trial: its searched config, epochs run, how it ended, best and last metrics. In an
+    ``interrupted`` search the trials that Tune's last snapshot has not finished are ``STATUS_INTERRUPTED``."""
     rows = []
+    statuses = saved_statuses(result_grid.experiment_path) if interrupted else {}
     for result in result_grid:
         history = result.metrics_dataframe
         last = result.metrics or {}
         epochs = int(last.get("training_iteration", 0) or 0)
+        trial_id = last.get("trial_id", Path(result.path).name)
         if result.error is not None:
             status, reason = STATUS_FAILED, error_reason(result.error)
-        elif epochs == 0:  # created when the search's time budget ran out, never started
-            status, reason = STATUS_STOPPED, "never started: the search's time budget was spent"
+        elif interrupted and statuses.get(trial_id) not in FINISHED_IN_TUNE:
+            status, reason = STATUS_INTERRUPTED, f"interrupted after epoch {epochs}; --resume continues it"
+        elif epochs == 0:  # created as the search's time budget ran out, never started
+            status, reason = STATUS_STOPPED, ("never started: the search's time budget was spent" if budgeted
+                                              else "never started")
         elif epochs < max_epochs:
             status, reason = STATUS_STOPPED, f"stopped by the scheduler after epoch {epochs}"
         else:
             status, reason = STATUS_COMPLETED, ""
-        row: dict[str, Any] = {"trial_id": last.get("trial_id", Path(result.path).name),
-                               "status": status, "reason": reason, "epochs": epochs}
+        row: dict[str, Any] = {"trial_id": trial_id, "status": status, "reason": reason, "epochs": epochs}
         # where the trial ran last and what it was given (search.trainable.limit_resources)
         row.update({k: last.get(k) for k in PLACEMENT})
         if history is not None and "node_id" in history:
@@ -112,10 +136,20 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def write_trials(folder: Path, trials: pd.DataFrame) -> None:
+    """trials.csv in ``folder``, written then renamed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{TRIALS_FILE}.tmp"
+    try:
+        trials.drop(columns=list(LOCAL_COLUMNS), errors="ignore").to_csv(tmp, index=False)
+        os.replace(tmp, folder / TRIALS_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_outputs(folder: Path, trials: pd.DataFrame, base_config: dict[str, Any]) -> dict[str, Any] | None:
     """Write trials.csv and best_config.json into ``folder``; return the best entry (None if every trial failed)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    trials.drop(columns=list(LOCAL_COLUMNS), errors="ignore").to_csv(folder / TRIALS_FILE, index=False)
+    write_trials(folder, trials)
     best = best_configs(trials, base_config, k=1)
     if best:
         (folder / BEST_CONFIG_FILE).write_text(json.dumps(best[0], indent=2) + "\n")

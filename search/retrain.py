@@ -23,6 +23,7 @@ from experiments.device import resolve_precision
 from experiments.objective import METRIC, objective, predicted_female
 from experiments.train import load_model, predict
 from search.results import STATUS_COMPLETED, STATUS_FAILED, error_reason
+from search.storage import stage_callbacks
 from search.trainable import CHECKPOINT_FILE, TrialData, limit_resources, report_epoch, restored_trainer
 
 RUNS_FILE, SUMMARY_FILE, BEST_MODEL_FILE, PREDICTIONS_DIR, ENSEMBLE_PREDICTIONS = (
@@ -116,7 +117,7 @@ def collect(grid, configs: list[dict[str, Any]], test: Faces) -> tuple[pd.DataFr
     for result in grid:
         rank, seed = result.config["rank"], result.config["seed"]
         failed = {"rank": rank, "seed": seed, "status": STATUS_FAILED, "trial_path": result.path}
-        if result.error is not None or result.checkpoint is None:
+        if result.error is not None or result.checkpoint is None or not result.metrics:
             rows.append({**failed, "reason": error_reason(result.error) or "no checkpoint was reported"})
             continue
         trial_id = result.metrics["trial_id"]
@@ -169,7 +170,8 @@ def ensemble_predictions(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame
 
 
 def make_retrain_tuner(experiment_dir: str, data: RetrainData, seeds: list[int], cpus: float, gpus: float,
-                       concurrency: int, max_failures: int, resume: bool, stop=None) -> tune.Tuner:
+                       concurrency: int, max_failures: int, resume: bool, stop=None, disk_reserve: int = 0
+                       ) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(retrain_trial, data=data), {"cpu": cpus, "gpu": gpus})
     if resume and tune.Tuner.can_restore(experiment_dir):
         return tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -179,6 +181,7 @@ def make_retrain_tuner(experiment_dir: str, data: RetrainData, seeds: list[int],
         param_space={"rank": tune.grid_search(list(range(len(data.configs)))), "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, stop=stop,
+                                  callbacks=stage_callbacks(experiment_dir, disk_reserve),
                                   # the latest checkpoint is kept: the final model (final_predictions checks it)
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),

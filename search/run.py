@@ -17,9 +17,12 @@ if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import errno  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import shlex  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -129,6 +132,8 @@ def connect_ray(s: RunSettings) -> dict[str, float]:
     """Start a local Ray instance or join ``s.address``; returns the cluster's resources."""
     import ray
 
+    from search import interrupts
+
     # workers log every checkpoint at INFO; warnings and errors still reach the console
     QUIET = ray.LoggingConfig(log_level="WARNING")
     import data_utils
@@ -146,7 +151,14 @@ def connect_ray(s: RunSettings) -> dict[str, float]:
             raise UsageError(f"cannot connect to the Ray cluster at {s.address}: {err}. If it uses token "
                              "authentication, put its token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
     else:
+        from search import ray_processes
+
+        reaped = ray_processes.reap_leftovers()
+        if reaped:
+            print(f"note: stopped {reaped} Ray process(es) left behind by an earlier run that was killed")
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, logging_config=QUIET)
+        ray_processes.record()
+    interrupts.install()  # Ray's core replaces the SIGTERM handler with one that aborts the process
     return ray.cluster_resources()
 
 
@@ -218,12 +230,14 @@ def experiment_exists(s: RunSettings, arch: str) -> bool:
     return tune.Tuner.can_restore(path) or ("://" not in path and Path(path).exists())
 
 
-def run_search(s: RunSettings, arch: str, data, gpus_per_trial: float, concurrency: int, resume: bool):
+def run_search(s: RunSettings, arch: str, data, gpus_per_trial: float, concurrency: int, resume: bool,
+               disk_reserve: int = 0):
     """Run (or resume) one architecture's search, write its summaries and its manifest entry."""
     from ray import tune
 
-    from search import manifest
-    from search.results import PLAN_FILE, TRIALS_FILE, manifest_trials, summary_table, trial_rows, write_outputs
+    from search import interrupts, manifest, ray_processes, storage
+    from search.results import (PLAN_FILE, TRIALS_FILE, manifest_trials, summary_table, trial_rows, write_outputs,
+                                write_trials)
     from search.tuning import SearchPlan, close_stale_trials, make_tuner, study_name, study_storage_file
 
     local = s.root / arch
@@ -246,20 +260,34 @@ def run_search(s: RunSettings, arch: str, data, gpus_per_trial: float, concurren
                       seed=s.seed, scheduler=s.scheduler, max_failures=s.max_failures,
                       space_overrides=s.space_overrides_for(arch), optuna_storage=str(study_storage_file(local)),
                       study_name=study_name(s.name, arch), fixed=s.fixed,
-                      ledger_root=str(s.root) if s.budget_s is not None else None)
+                      ledger_root=str(s.root) if s.budget_s is not None else None, disk_reserve=disk_reserve)
     record = {**dataclasses.asdict(plan), "space_overrides": s.space_overrides.get(arch, {})}
     (local / PLAN_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     resume = resume and tune.Tuner.can_restore(plan.experiment_dir)
+    if resume and (note := storage.recover_state(plan.experiment_dir)):
+        print(f"note: {note}")
     print(f"\n== {arch}: {'resuming' if resume else 'starting'} {'up to ' if s.budget_s else ''}{s.num_samples} trials × "
           f"≤{s.epochs_for(arch)} epochs, "
           f"{concurrency} at a time ({s.cpus_per_trial:g} CPU, {gpus_per_trial:g} GPU each) → {plan.experiment_dir}",
           flush=True)
-    grid = make_tuner(plan, data, resume).fit()
+    grid = None
+    ray_processes.record()
+    try:
+        with interrupts.tune_stage():
+            grid = make_tuner(plan, data, resume).fit()
+    except interrupts.Interrupted:
+        if grid is not None:  # what each trial reached; no best configuration is chosen from half a search
+            try:
+                write_trials(local, trial_rows(grid, data.base_config, s.epochs_for(arch), interrupted=True,
+                                               budgeted=s.budget_s is not None))
+            except OSError:  # a full disk: the interrupt's own line says so; the table is written again on resume
+                pass
+        raise
     stale = close_stale_trials(plan)
     if stale:
         print(f"note: {stale} Optuna trial(s) asked for never ran (the search was interrupted or its budget spent); "
               "marked failed in the study")
-    trials = trial_rows(grid, data.base_config, s.epochs_for(arch))
+    trials = trial_rows(grid, data.base_config, s.epochs_for(arch), budgeted=s.budget_s is not None)
     best = write_outputs(local, trials, data.base_config)
     manifest.record(s.root, arch, "search", {
         "experiment": manifest.relative(s.root, plan.experiment_dir),
@@ -273,11 +301,11 @@ def run_search(s: RunSettings, arch: str, data, gpus_per_trial: float, concurren
     return trials
 
 
-def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurrency: int):
+def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurrency: int, disk_reserve: int = 0):
     """Retrain the search's top configurations with several seeds and score them on the test split."""
     from ray import tune
 
-    from search import manifest
+    from search import interrupts, manifest, ray_processes, storage
     from search.results import best_configs, read_trials
     from search.retrain import RetrainData, collect, make_retrain_tuner, write_retrain_outputs
 
@@ -286,6 +314,8 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
     top_k, n_seeds = s.retrain_top_k, s.retrain_seeds
     experiment = s.experiment_dir(f"{arch}-retrain")
     resume = tune.Tuner.can_restore(experiment)
+    if resume and (note := storage.recover_state(experiment)):
+        print(f"note: {note}")
     ranked = best_configs(trials, data.base_config, k=s.retrain_top_k)
     stopper = None
     if s.budget_s is not None:
@@ -317,16 +347,22 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
         stopper = BudgetStopper(s.root, f"{arch}/retrain")
     picked = ranked[:top_k]
     if not picked:
-        print(f"{arch}: every search trial failed; nothing to retrain")
+        never_ran = s.budget_s is not None and len(trials) and (trials["epochs"] == 0).all()
+        print(f"{arch}: " + ("no search trial ran, the time budget was spent before the first one started; give a "
+                             "longer --budget" if never_ran else "every search trial failed") + "; nothing to retrain")
         return None
     configs = [p["config"] for p in picked]
     seeds = list(range(n_seeds))
     print(f"\n== {arch}: {'resuming' if resume else 'starting'} retraining of the top {len(configs)} configuration(s) "
           f"× {len(seeds)} seed(s) on train+val for {configs[0]['epochs']} epochs → {experiment}", flush=True)
     tuner = make_retrain_tuner(experiment, RetrainData(data, configs), seeds, s.cpus_per_trial, gpus_per_trial,
-                               max(1, min(concurrency, len(configs) * len(seeds))), s.max_failures, resume, stopper)
+                               max(1, min(concurrency, len(configs) * len(seeds))), s.max_failures, resume, stopper,
+                               disk_reserve)
     test = data.faces[s.image_size_for(arch)].subset(data.split.test)
-    runs, predictions = collect(tuner.fit(), configs, test)
+    ray_processes.record()
+    with interrupts.tune_stage():  # an interrupted retraining hands nothing on: it is resumed, not reported
+        grid = tuner.fit()
+    runs, predictions = collect(grid, configs, test)
     best = write_retrain_outputs(s.root, arch, experiment, configs, picked, runs, predictions)
     if best:
         print(f"{arch}: marked model (rank {best['rank'] + 1}, seed {best['seed']}): test gender acc "
@@ -364,13 +400,78 @@ def load_data(s: RunSettings, searching: bool, resume: bool):
 def main(args: argparse.Namespace) -> int:
     if args.address:
         prefer_token_auth()
+    from search import interrupts
+    from search.storage import StorageError
+
+    interrupts.install()
+    s = lock = None
+    try:
+        s, lock = resolve_and_lock(args)
+        interrupts.set_hint(f"continue with: {resume_command(s)}")
+        return run_stages(s, args)
+    except interrupts.Interrupted as stop:
+        if lock is not None and not settings_path(s.root).is_file():
+            lock.release(remove=True)
+        return _stopped(stop, s)
+    except StorageError as err:  # state that cannot be restored, or a disk too small to start on
+        return _refuse(str(err))
+    except OSError as err:
+        # a write that failed (a full disk, permissions): the stages' state is written then renamed, so the last
+        # good one stays
+        from search.storage import free_bytes, megabytes
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM) or lock is None:
+            raise
+        where = err.filename or s.root
+        try:
+            need = f", and a stage needs {megabytes(check_storage_room(s, s.concurrency or 1, refuse=False))} to go on"
+        except Exception:  # the estimate is a courtesy; the error is what matters
+            need = ""
+        print(f"error: cannot write {where}: {err.strerror} ({megabytes(free_bytes(s.root))} free there{need}); "
+              f"free space or fix permissions, then continue with: {resume_command(s)}", file=sys.stderr)
+        return _shutdown(1)
+    except UsageError as err:
+        if lock is not None:
+            lock.release(remove=True)
+        return _refuse(str(err))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def resolve_and_lock(args: argparse.Namespace):
+    """The run's settings and the experiment's lock: a second process on the same experiment is refused at once."""
+    from search.lock import ExperimentLock
+
+    s = resolve(args)
+    lock = ExperimentLock(s.root).acquire()
+    return s, lock
+
+
+def resume_command(s: RunSettings) -> str:
+    return shlex.join(["python", "search/run.py", "--name", s.name, "--storage-path", s.storage, "--resume"])
+
+
+def _stopped(stop, s: RunSettings | None) -> int:
+    """The one line an interrupted run ends with; its exit code (128 + the signal's number, 1 without a signal)."""
+    why = f"stopped by {signal.Signals(stop.signum).name}" if stop.signum else f"stopped: {stop.reason}"
+    if s is None or not settings_path(s.root).is_file():
+        print(f"{why} before the experiment was written; run the same command again", file=sys.stderr)
+    else:
+        print(f"{why}; the running trials' state is saved and no later stage started; "
+              f"{'' if stop.signum else 'free space there, then '}continue with: {resume_command(s)}", file=sys.stderr)
+    return _shutdown(stop.exit_code)
+
+
+def run_stages(s: RunSettings, args: argparse.Namespace) -> int:
+    """Every check, then the stages ``args.stage`` names, in order."""
     from data_utils.dataset import SPLIT_FILE, NoUsableImagesError, SplitMismatchError, TooFewImagesError
+    from search.storage import StorageError
 
     searching = args.stage in ("all", "search")
     training = args.stage != "report"
     # every check runs before anything is written, so a refused run leaves no half-made experiment behind
     try:
-        s = resolve(args)
         if searching and not args.resume:
             for arch in s.archs:
                 if experiment_exists(s, arch) or settings_path(s.root).is_file():
@@ -381,10 +482,11 @@ def main(args: argparse.Namespace) -> int:
         if training:
             resources = connect_ray(s)
             gpus_per_trial, concurrency = plan_resources(s, resources, s.num_samples)
+            disk_reserve = check_storage_room(s, concurrency)
         setup_seconds = time.monotonic() - setup_started
-    except (UsageError, NoUsableImagesError, TooFewImagesError, SplitMismatchError, FileNotFoundError,
-            NotADirectoryError, PermissionError) as err:
-        return _refuse(str(err))
+    except (NoUsableImagesError, TooFewImagesError, SplitMismatchError, FileNotFoundError,
+            NotADirectoryError, PermissionError, StorageError) as err:
+        raise UsageError(str(err)) from None
     s.root.mkdir(parents=True, exist_ok=True)
     if new_split:
         split.save(s.root / SPLIT_FILE, faces)
@@ -411,9 +513,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"{arch}: trials train in {trial_precision(data.base_config, gpus_per_trial, s.cpus_per_trial)}",
                   flush=True)
             if searching:
-                run_search(s, arch, data, gpus_per_trial, concurrency, args.resume)
+                run_search(s, arch, data, gpus_per_trial, concurrency, args.resume, disk_reserve)
             if args.stage in ("all", "retrain"):
-                run_retrain(s, arch, data, gpus_per_trial, concurrency)
+                run_retrain(s, arch, data, gpus_per_trial, concurrency, disk_reserve)
     if args.stage in ("all", "report"):
         from search.manifest import ManifestError
         from search.report import write_report
@@ -421,21 +523,43 @@ def main(args: argparse.Namespace) -> int:
         try:
             report = write_report(s.root, faces, split)
         except ManifestError as err:
-            return _refuse(str(err))
+            raise UsageError(str(err)) from None
         print(f"\nreport: {report / 'report.md'} and {report / 'report.html'}")
     print(f"\nexperiment folder: {s.root}\nTensorBoard: tensorboard --logdir {s.storage}/{s.name}")
-    return 0
+    return _shutdown(0)
 
 
-def _refuse(message: str) -> int:
-    """Print one line, stop any Ray instance this run started, exit code 2."""
-    print(f"error: {message}", file=sys.stderr)
+def check_storage_room(s: RunSettings, concurrency: int, refuse: bool = True) -> int:
+    """Refuse a storage disk that cannot take one round of checkpoints; returns the free space under which a
+    running stage is stopped (search.storage)."""
+    from search.packing import largest_config
+    from search.storage import check_room, checkpoint_bytes, needed_bytes
+
+    if "://" in s.storage:
+        return 0
+    largest = max(checkpoint_bytes(largest_config(s.base_config(arch), s.space(arch))) for arch in s.archs)
+    if refuse:
+        check_room(s.root, largest, concurrency)
+    return needed_bytes(largest, concurrency)
+
+
+def _shutdown(code: int) -> int:
+    """Stop any Ray instance this run started (and forget its processes); returns ``code``."""
     if "ray" in sys.modules:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
-    return 2
+            from search import ray_processes
+
+            ray_processes.forget()
+    return code
+
+
+def _refuse(message: str) -> int:
+    """Print one line, stop any Ray instance this run started, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return _shutdown(2)
 
 
 if __name__ == "__main__":

@@ -399,7 +399,13 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
     need("gpus_per_trial", s.gpus_per_trial is None or s.gpus_per_trial >= 0, "must be 0 or more")
     need("concurrency", s.concurrency is None or s.concurrency >= 1, "must be at least 1")
     need("max_failures", s.max_failures >= 0, "must be 0 or more")
-    need("budget_s", s.budget_s is None or s.budget_s > 0, "must be longer than zero")
+    if s.budget_s is not None:
+        from search.budget import format_duration, min_budget_s
+
+        least = min_budget_s(len(s.archs))
+        need("budget_s", s.budget_s >= least, f"is shorter than the {format_duration(least)} that one trial and one "
+             f"retraining run per architecture and the report need at the least; give --budget {format_duration(least)}"
+             " or more")
     for arch in s.archs:
         try:
             s.base_config(arch)  # builds the arch's TrainConfig, which checks every field

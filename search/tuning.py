@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from experiments.objective import METRIC, MODE
 from search.budget import BudgetStopper
 from search.spaces import FOUND, GRACE, RECIPES, SPACES, Categorical, Float, Int, point_in_space
+from search.storage import stage_callbacks
 from search.trainable import TrialData, train_trial
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class SearchPlan:
     fixed: tuple[str, ...] = ()  # fields --set fixed for every trial: not searched
     enqueue_recipe: bool = True  # the first trials: the study's recipe, the project's found configuration, its defaults
     ledger_root: str | None = None  # with a time budget: the experiment folder holding search.budget's ledger
+    disk_reserve: int = 0  # bytes: under this much free space on the storage the search stops (search.storage)
 
 
 def recipe_points(plan: SearchPlan) -> list[dict[str, Any]]:
@@ -61,7 +63,8 @@ def recipe_points(plan: SearchPlan) -> list[dict[str, Any]]:
         point = point_in_space(values, space)
         if point and point not in points:
             points.append(point)
-    return points
+    # a search of fewer trials runs the first of them; enqueued but never run, the rest would stay WAITING in the study
+    return points[:plan.num_samples]
 
 
 def study_name(experiment: str, arch: str) -> str:
@@ -148,13 +151,6 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._budget = budget
         self._epoch_seconds: list[float] = []
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, result)
-        if self._budget is not None:
-            self._budget.observe(trial_id, result)
-        if result.get("time_this_iter_s") is not None:
-            self._epoch_seconds.append(float(result["time_this_iter_s"]))
-
     def suggest(self, trial_id: str) -> dict | str | None:
         # Under a time budget a trial is started only if it can run all its epochs in what is left of the search's
         # share: one the budget would cut short can never be chosen (trials that ran their whole budget rank
@@ -170,19 +166,73 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 return Searcher.FINISHED
         return super().suggest(trial_id)
 
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._study_finished: dict[str, bool] = {}  # re-read from the study after a restore
+        self._replayed: dict[str, dict[int, float]] = {}
+
+    def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial:
+        ot_trial = self._ot_trials[trial_id]
+        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+
+    def _closed_in_study(self, trial_id: str) -> bool:
+        """Whether the study already holds a final state for a trial Tune is running: one Tune runs again after an
+        error (``resume_errored``), or one an earlier version of this searcher closed when it was interrupted."""
+        cache = self.__dict__.setdefault("_study_finished", {})
+        if trial_id not in cache:
+            cache[trial_id] = trial_id in self._ot_trials and self._frozen(trial_id).state.is_finished()
+        return cache[trial_id]
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self._budget is not None:
+            self._budget.observe(trial_id, result)
+        if result.get("time_this_iter_s") is not None:
+            self._epoch_seconds.append(float(result["time_this_iter_s"]))
+        if trial_id not in self._completed_trials and self._closed_in_study(trial_id):
+            # a finished Optuna trial takes no more values: they are kept for the copy on_trial_complete adds
+            self.__dict__.setdefault("_replayed", {}).setdefault(trial_id, {})[
+                int(result["training_iteration"])] = float(result[self.metric])
+            return
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped_early = (not error and result is not None and trial_id not in self._completed_trials
-                         and result.get("training_iteration", self._max_epochs) < self._max_epochs)
-        if not stopped_early:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
+        value = None if error or not result else result.get(self.metric)
+        step = int(result.get("training_iteration", 0)) if result else 0
+        if value is None:
+            state = optuna.trial.TrialState.FAIL
+        elif step < self._max_epochs:
+            state = optuna.trial.TrialState.PRUNED  # stopped by the scheduler: its truncated value is not final
+        else:
+            state = optuna.trial.TrialState.COMPLETE
         try:
-            ot_trial = self._ot_trials[trial_id]
-            # Tune hands the last result to on_trial_complete only, so it is reported here as the final step
-            ot_trial.report(result[self.metric], result["training_iteration"])
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-        except Exception as exc:  # Optuna refuses a second tell of the same trial after a restore
-            log.warning("could not record trial %s as pruned: %s", trial_id, exc)
+            if self._closed_in_study(trial_id):
+                self._add_copy(trial_id, state, value, step)
+            else:
+                ot_trial = self._ot_trials[trial_id]
+                if value is not None and step not in self._frozen(trial_id).intermediate_values:
+                    # Tune hands the last result to on_trial_complete only: it is recorded as the final step
+                    ot_trial.report(value, step)
+                self._ot_study.tell(ot_trial, value if state == optuna.trial.TrialState.COMPLETE else None,
+                                    state=state)
+        except Exception as exc:  # e.g. a NaN objective, which Optuna refuses
+            log.warning("could not record trial %s in the Optuna study: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+    def _add_copy(self, trial_id: str, state, value: float | None, step: int) -> None:
+        """Record a trial Tune ran again, whose first Optuna trial is closed, as a new Optuna trial with its
+        parameters and every value it reported."""
+        old = self._frozen(trial_id)
+        values = {**old.intermediate_values, **self.__dict__.get("_replayed", {}).pop(trial_id, {})}
+        if value is not None:
+            values[step] = value
+        if state == optuna.trial.TrialState.PRUNED and values:
+            value = values[max(values)]
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            params=old.params, distributions=old.distributions, intermediate_values=values, state=state,
+            value=value if state != optuna.trial.TrialState.FAIL else None,
+            user_attrs={**old.user_attrs, "rerun_of_trial": old.number}))
 
 
 def make_searcher(plan: SearchPlan) -> ConcurrencyLimiter:
@@ -228,6 +278,7 @@ def make_tuner(plan: SearchPlan, data: TrialData, resume: bool) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, stop=budget_stopper(plan),
+            callbacks=stage_callbacks(plan.experiment_dir, plan.disk_reserve),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
@@ -242,16 +293,18 @@ def budget_stopper(plan: SearchPlan) -> BudgetStopper | None:
 
 
 def close_stale_trials(plan: SearchPlan) -> int:
-    """Mark Optuna trials left RUNNING as FAIL once Tune has finished; returns how many.
+    """Mark Optuna trials left RUNNING or WAITING as FAIL once Tune has finished the search; returns how many.
 
     After a driver is killed, the restored searcher comes from Tune's last saved state, so a trial it
-    asked Optuna for after that save stays RUNNING in the study although Tune never ran it.
+    asked Optuna for after that save stays RUNNING in the study although Tune never ran it; a search its time
+    budget ended leaves enqueued starting points WAITING. Not for an interrupted search: its running trials go on
+    when it is resumed.
     """
     if not plan.optuna_storage:
         return 0
     storage = open_storage(plan.optuna_storage)
     study = optuna.load_study(study_name=plan.study_name, storage=storage)
-    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
     for trial in stale:
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     return len(stale)

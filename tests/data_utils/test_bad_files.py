@@ -137,3 +137,79 @@ def test_an_unreadable_file_is_counted_not_raised(data_dir):
         assert scan_as(uid, folder, base / "cache") == {"skipped": {"unreadable_file": 1}, "usable": 3}
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def png16(size=(200, 200), level=32768) -> bytes:
+    """A 16-bit greyscale PNG (PIL mode I;16) at ``level`` of 65535."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    img = Image.fromarray(np.full(size[::-1], level, dtype=np.uint16))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits_in_training_and_in_predict(tmp_path):
+    from PIL import Image
+
+    from data_utils.cache import decode_face
+    from data_utils.faces import load_photo
+
+    data = png16(level=32768)  # mid-grey: 128 of 255
+    assert Image.open(__import__("io").BytesIO(data)).mode.startswith("I;16")
+    tensor, notes = decode_face(data, 32)
+    assert abs(float(tensor.float().mean()) - 128) < 2, "a 16-bit mid-grey must not turn white"
+    assert notes and notes[0].startswith("mode_I")
+    photo = load_photo(data)
+    assert photo.mode == "RGB" and abs(sum(photo.getpixel((5, 5))) / 3 - 128) < 2
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    write(folder, f"20_1_0_{STAMP}.jpg.chip.jpg", png16(level=16384))
+    write(folder, f"21_0_0_{STAMP}.jpg.chip.jpg", GOOD)
+    faces = load_faces(folder, 32, cache_dir=tmp_path / "cache")
+    index = faces.names.index(f"20_1_0_{STAMP}.jpg.chip.jpg")
+    assert abs(float(faces.images[index].float().mean()) - 64) < 2
+
+
+def test_one_pixel_limit_and_one_reason_for_training_and_predict(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from data_utils import cache
+    from data_utils.cache import DecodeError, decode_face
+    from data_utils.faces import load_photo
+
+    def png(size):
+        buf = io.BytesIO()
+        Image.new("L", size).save(buf, format="PNG", optimize=True)
+        return buf.getvalue()
+
+    # a 90-Mpx image (over the limit, under PIL's own bomb error) and a 400-Mpx one (PIL refuses it at open)
+    for data in (png((9500, 9500)), png((20000, 20000))):
+        for decode in (lambda d: decode_face(d, 32), load_photo):
+            with pytest.raises(DecodeError) as err:
+                decode(data)
+            assert err.value.reason == "too_large"
+    # the training scanner counts it under the same name
+    monkeypatch.setattr(cache, "MAX_PIXELS", 150 * 150)
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    write(folder, f"20_1_0_{STAMP}.jpg.chip.jpg", GOOD)  # 200×200: over the lowered limit
+    write(folder, f"21_0_0_{STAMP}.jpg.chip.jpg", jpeg_bytes(size=(100, 100)))
+    faces = load_faces(folder, 32, cache_dir=tmp_path / "cache")
+    assert dict(faces.report.skipped) == {"too_large": 1} and faces.report.usable == 1
+
+
+def test_a_folder_given_as_an_image_is_not_a_file(tmp_path):
+    from data_utils.cache import DecodeError, decode_file
+    from data_utils.faces import read_photo
+
+    (tmp_path / "album").mkdir()
+    assert decode_file(tmp_path / "album", 32) == (None, [], "not_a_file")
+    with pytest.raises(DecodeError) as err:
+        read_photo(tmp_path / "album")
+    assert err.value.reason == "not_a_file"

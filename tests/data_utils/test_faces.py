@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import jpeg_bytes
-from data_utils import faces
+from data_utils import cache, faces
 from data_utils.cache import DecodeError, decode_face
 from data_utils.faces import UTK_LANDMARKS, align, detect, face_crop_bytes, load_photo, similarity
 
@@ -81,7 +81,7 @@ def test_no_face_and_bad_photos_are_named(monkeypatch):
     with pytest.raises(DecodeError) as err:
         load_photo(b"this is not an image")
     assert err.value.reason == "not_an_image"
-    monkeypatch.setattr(faces, "MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr(cache, "MAX_PIXELS", 100 * 100)
     with pytest.raises(DecodeError) as err:
         load_photo(jpeg_bytes(size=(200, 200)))
     assert err.value.reason == "too_large"

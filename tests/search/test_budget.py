@@ -183,3 +183,29 @@ def test_a_budgeted_search_stops_plans_its_retraining_and_resumes(data_dir, tmp_
     assert again["spent"]["scratch/search"] == pytest.approx(ledger["spent"]["scratch/search"], abs=5)
     resumes = json.loads((tmp_path / "b" / "search_settings.json").read_text())["resumes"]
     assert resumes[-1]["changed"] == {"budget_s": 90.0}
+
+
+@pytest.mark.parametrize("budget, extra", [("0.0001s", []), ("40s", ["--num-samples", "20"]),
+                                           ("90s", ["--arch", "both"])])
+def test_a_budget_too_short_for_one_trial_and_the_report_is_refused_with_the_minimum(data_dir, tmp_path, budget,
+                                                                                      extra):
+    from search.budget import format_duration, min_budget_s
+    from search.run import get_args_parser
+    from search.settings import UsageError, resolve
+
+    args = get_args_parser().parse_args(["--arch", "scratch", "--preset", "smoke", "--data", str(data_dir),
+                                         "--storage-path", str(tmp_path), "--budget", budget, *extra])
+    with pytest.raises(UsageError) as err:
+        resolve(args)
+    least = min_budget_s(2 if "both" in extra else 1)
+    assert f"give --budget {format_duration(least)} or more" in str(err.value)
+
+
+def test_the_command_line_refuses_a_budget_too_short_in_one_line(data_dir, tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("--arch", "scratch", "--preset", "smoke", "--data", data_dir, "--storage-path", tmp_path,
+                     "--name", "short", "--budget", "1s")
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "give --budget 1m10s or more" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "short").exists()

@@ -284,3 +284,97 @@ def test_a_trained_model_sees_an_adult_woman_in_the_packaged_photo(data_dir, tmp
     assert path == photo and len(faces) == 1
     assert p_females[0] > 0.5, f"P(female) {p_females[0]:.2f}"
     assert 20 < ages[0] < 60, f"age {ages[0]:.1f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nothing the user owns is overwritten; output paths and numeric flags are checked before any work
+
+def astronaut_photos(folder, suffixes):
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(data.astronaut())
+    for suffix in suffixes:
+        img.save(folder / f"astro{suffix}")
+    return sorted(folder.iterdir())
+
+
+def predict_in_process(capsys, *flags):
+    """search/predict.py's main in this process (fast, for refusals that come before any work): (exit code, stderr)."""
+    from search import predict
+
+    code = predict.main(predict.get_args_parser().parse_args([str(f) for f in flags]))
+    return code, capsys.readouterr().err
+
+
+def test_annotate_refuses_the_folder_of_the_input_photos(exported, tmp_path, capsys):
+    out, _ = exported
+    photos = astronaut_photos(tmp_path / "photos", [".jpg", ".png"])
+    before = {p.name: p.read_bytes() for p in photos}
+    for given in (["--data", tmp_path / "photos"], photos):
+        code, err = predict_in_process(capsys, "--model", out, *given, "--out", tmp_path / "p.csv", "--annotate",
+                                       tmp_path / "photos")
+        assert code == 2 and "holds 2 of the input images" in err and "predicted" not in err, err
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "photos").iterdir())} == before
+
+
+def test_annotated_copies_keep_their_source_extension(exported, tmp_path):
+    out, _ = exported
+    photos = astronaut_photos(tmp_path / "photos", [".webp", ".gif", ".tiff", ".bmp", ".jpg"])
+    result = run_cli("--model", out, "--data", tmp_path / "photos", "--out", tmp_path / "p.csv", "--annotate",
+                     tmp_path / "drawn", script="search/predict.py")
+    assert result.returncode == 0, result.stderr
+    assert "5 face(s) in 5 image(s)" in result.stderr and "5 drawn in" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == [p.name for p in photos]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size 0: give 1 or more"),
+    (["--batch-size", "-1"], "--batch-size -1: give 1 or more"),
+    (["--out", "{tmp}/missing/dir/x.csv"], "does not exist"),
+    (["--out", "{tmp}/taken.csv"], "is a folder"),
+    (["--annotate", "{tmp}/a_file"], "is a file; name a folder"),
+], ids=["batch_size_0", "batch_size_negative", "out_missing_parent", "out_is_a_folder", "annotate_is_a_file"])
+def test_predict_checks_flags_and_output_paths_before_any_work(exported, data_dir, tmp_path, capsys, flags, message):
+    out, _ = exported
+    (tmp_path / "taken.csv").mkdir()
+    (tmp_path / "a_file").write_text("mine")
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    if "--out" not in flags:
+        flags += ["--out", str(tmp_path / "p.csv")]
+    code, err = predict_in_process(capsys, "--model", out, *real_faces(data_dir, 3), *flags)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_export_refuses_a_folder_of_the_users_own_files(tiny_search, tmp_path):
+    folder, _ = tiny_search
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    result = run_cli("--experiment", folder, "--arch", "scratch", "--out", mine, script="search/export.py")
+    assert result.returncode == 2 and "not an export of this project" in result.stderr, result.stderr
+    assert (mine / "config.json").read_text() == '{"my": "settings"}' and len(list(mine.iterdir())) == 1
+
+
+def test_an_export_into_an_earlier_export_replaces_it_whole(exported, tiny_search, tmp_path):
+    folder, _ = tiny_search
+    earlier, _ = exported
+    again = tmp_path / "again"
+    shutil.copytree(earlier, again)
+    assert (again / "model.torchscript.pt").is_file()
+    result = run_cli("--experiment", folder, "--arch", "scratch", "--single", "--format", "onnx", "--out", again,
+                     script="search/export.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (again / "model.torchscript.pt").exists(), "a file of the earlier export stayed"
+    assert json.loads((again / "config.json").read_text())["arch"] == "scratch"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a staging folder stayed"
+
+
+def test_export_to_an_existing_file_is_a_one_line_error(tiny_search, tmp_path):
+    folder, _ = tiny_search
+    (tmp_path / "model").write_text("mine")
+    result = run_cli("--experiment", folder, "--out", tmp_path / "model", script="search/export.py")
+    assert result.returncode == 2 and "is a file; name a folder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and (tmp_path / "model").read_text() == "mine"

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from conftest import ROOT, run_cli
+from search import ray_processes
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -44,6 +45,13 @@ def terminated_trials(experiment: Path) -> dict[str, str]:
     return out
 
 
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def test_resume_after_the_driver_is_killed(data_dir, tmp_path):
     args = ["--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "killed",
             "--num-samples", "10", "--concurrency", "1", "--seed", "7", "--preset", "smoke", "--max-epochs", "3",
@@ -63,11 +71,13 @@ def test_resume_after_the_driver_is_killed(data_dir, tmp_path):
         time.sleep(1.5)  # let Tune save its state once more, as it does every second here
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
-    finally:
-        try:  # the local Ray processes the driver started
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        entry = ray_processes.registry() / f"{driver.pid}.json"
+        assert entry.is_file(), "the driver recorded no Ray processes"
+        recorded = json.loads(entry.read_text())["processes"]
+        assert recorded, "the driver recorded no Ray processes"
+    except BaseException:
+        kill_group(driver.pid)  # the local Ray processes the driver started
+        raise
     before = terminated_trials(experiment)
     assert 1 <= len(before) < 10
 
@@ -75,7 +85,11 @@ def test_resume_after_the_driver_is_killed(data_dir, tmp_path):
     # the resumed run names only the experiment: archs, seed, data, budgets, concurrency and --set values come from
     # its saved settings
     result = run_cli("--storage-path", tmp_path, "--name", "killed", "--resume")
+    left = [p for p in recorded if ray_processes.alive(p["pid"], p["started"])]
+    kill_group(driver.pid)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the resumed run stopped every Ray process the killed driver left behind
+    assert not left and not entry.exists(), left
     assert "resuming 10 trials" in result.stdout and "1 at a time" in result.stdout
     assert not (tmp_path / "killed" / "pretrained").exists(), "the experiment never had a pretrained search"
     assert json.loads((experiment / "search_plan.json").read_text()) == plan_before
