@@ -296,6 +296,8 @@ def check_annotate_folder(folder: Path, paths: list[Path]) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         check_outputs(args)
+        model, cfg = load_export(args.model)
+        calibration = load_calibration(args.model)
         if args.data and args.images:
             raise ValueError("give image files or --data DIR, not both")
         if args.evaluate and not args.data:
@@ -326,8 +328,6 @@ def main(args: argparse.Namespace) -> int:
                 raise ValueError("no images given: list image files or pass --data DIR")
         if args.annotate:
             check_annotate_folder(Path(args.annotate), paths)
-        model, cfg = load_export(args.model)
-        calibration = load_calibration(args.model)
     except (ExportFolderError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

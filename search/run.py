@@ -141,24 +141,30 @@ def connect_ray(s: RunSettings) -> dict[str, float]:
     import models
     import search
 
-    if s.address:
-        check_address(s.address)
-        # ship this project's packages to the cluster, so its nodes need only the dependencies installed
-        env = {"py_modules": [data_utils, models, experiments, search], "excludes": ["__pycache__"]}
-        try:
-            ray.init(address=s.address, runtime_env=env, logging_level=logging.WARNING, logging_config=QUIET)
-        except ConnectionError as err:
-            raise UsageError(f"cannot connect to the Ray cluster at {s.address}: {err}. If it uses token "
-                             "authentication, put its token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
-    else:
-        from search import ray_processes
+    # Ray's core resets the signal handlers while it starts: a Ctrl-C then would kill the run outright, so SIGINT
+    # waits until this run's handler is back
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        if s.address:
+            check_address(s.address)
+            # ship this project's packages to the cluster, so its nodes need only the dependencies installed
+            env = {"py_modules": [data_utils, models, experiments, search], "excludes": ["__pycache__"]}
+            try:
+                ray.init(address=s.address, runtime_env=env, logging_level=logging.WARNING, logging_config=QUIET)
+            except ConnectionError as err:
+                raise UsageError(f"cannot connect to the Ray cluster at {s.address}: {err}. If it uses token "
+                                 "authentication, put its token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
+        else:
+            from search import ray_processes
 
-        reaped = ray_processes.reap_leftovers()
-        if reaped:
-            print(f"note: stopped {reaped} Ray process(es) left behind by an earlier run that was killed")
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, logging_config=QUIET)
-        ray_processes.record()
-    interrupts.install()  # Ray's core replaces the SIGTERM handler with one that aborts the process
+            reaped = ray_processes.reap_leftovers()
+            if reaped:
+                print(f"note: stopped {reaped} Ray process(es) left behind by an earlier run that was killed")
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, logging_config=QUIET)
+            ray_processes.record()
+    finally:
+        interrupts.install()  # Ray's core replaces the SIGTERM handler with one that aborts the process
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     return ray.cluster_resources()
 
 

@@ -1,5 +1,4 @@
-"""A search survives its driver being killed, and runs on an existing Ray cluster reached with --address."""
-import glob
+"""A search runs on an existing Ray cluster reached with --address (a killed driver: tests/search/test_interrupts.py)."""
 import json
 import os
 import shutil
@@ -11,100 +10,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import optuna
 import pandas as pd
-import torch
 
 from conftest import ROOT, run_cli
-from search import ray_processes
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def finished_in_study(db: Path, study: str) -> int:
-    if not db.exists():
-        return 0
-    try:
-        trials = optuna.load_study(study_name=study, storage=f"sqlite:///{db}").trials
-    except Exception:  # the study is not created yet
-        return 0
-    return sum(t.state.is_finished() for t in trials)
-
-
-def terminated_trials(experiment: Path) -> dict[str, str]:
-    """trial_id → its result.json text, for the trials Tune's last saved state calls TERMINATED."""
-    states = sorted(glob.glob(str(experiment / "experiment_state-*.json")), key=os.path.getmtime)
-    if not states:
-        return {}
-    out = {}
-    for meta, _ in json.loads(Path(states[-1]).read_text())["trial_data"]:
-        trial = json.loads(meta)
-        if trial["status"] == "TERMINATED":
-            folder = next(experiment.glob(f"train_trial_{trial['trial_id']}_*"))
-            out[trial["trial_id"]] = (folder / "result.json").read_text()
-    return out
-
-
-def kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def test_resume_after_the_driver_is_killed(data_dir, tmp_path):
-    args = ["--arch", "scratch", "--data", data_dir, "--storage-path", tmp_path, "--name", "killed",
-            "--num-samples", "10", "--concurrency", "1", "--seed", "7", "--preset", "smoke", "--max-epochs", "3",
-            "--grace-period", "1", "--reduction-factor", "3",
-            # trials long enough, and enough of them, that some are still to run when the driver is killed
-            "--set", "batch_size=32", "image_size=48", "max_images=600"]
-    cmd = [sys.executable, "search/run.py", *map(str, args)]
-    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
-    experiment = tmp_path / "killed" / "scratch"
-    try:
-        deadline = time.time() + 300
-        while finished_in_study(experiment / "optuna.db", "killed-scratch") < 2:
-            assert driver.poll() is None, "the search ended before it could be interrupted"
-            assert time.time() < deadline, "no trial finished in time"
-            time.sleep(0.5)
-        time.sleep(1.5)  # let Tune save its state once more, as it does every second here
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-        entry = ray_processes.registry() / f"{driver.pid}.json"
-        assert entry.is_file(), "the driver recorded no Ray processes"
-        recorded = json.loads(entry.read_text())["processes"]
-        assert recorded, "the driver recorded no Ray processes"
-    except BaseException:
-        kill_group(driver.pid)  # the local Ray processes the driver started
-        raise
-    before = terminated_trials(experiment)
-    assert 1 <= len(before) < 10
-
-    plan_before = json.loads((experiment / "search_plan.json").read_text())
-    # the resumed run names only the experiment: archs, seed, data, budgets, concurrency and --set values come from
-    # its saved settings
-    result = run_cli("--storage-path", tmp_path, "--name", "killed", "--resume")
-    left = [p for p in recorded if ray_processes.alive(p["pid"], p["started"])]
-    kill_group(driver.pid)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    # the resumed run stopped every Ray process the killed driver left behind
-    assert not left and not entry.exists(), left
-    assert "resuming 10 trials" in result.stdout and "1 at a time" in result.stdout
-    assert not (tmp_path / "killed" / "pretrained").exists(), "the experiment never had a pretrained search"
-    assert json.loads((experiment / "search_plan.json").read_text()) == plan_before
-    manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
-    for t in manifest["archs"]["scratch"]["search"]["trials"]:  # every trial, resumed ones too, trained with seed 7
-        ckpt = torch.load(tmp_path / "killed" / t["best_checkpoint"], weights_only=True)
-        assert ckpt["config"]["seed"] == 7 and ckpt["config"]["image_size"] == 48
-    trials = pd.read_csv(experiment / "trials.csv")
-    assert len(trials) == 10 and (trials["status"] != "failed").all()
-    assert set(trials["epochs"]) <= {1, 2, 3} and (trials["status"] == "completed").sum() == (trials["epochs"] == 3).sum()
-    for trial_id, text in before.items():  # finished trials are kept as they were, never re-run
-        folder = next(experiment.glob(f"train_trial_{trial_id}_*"))
-        assert (folder / "result.json").read_text() == text
-    study = optuna.load_study(study_name="killed-scratch", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
 def free_port() -> int:

@@ -13,7 +13,10 @@ import pytest
 
 from conftest import ROOT, run_cli
 from search.storage import LAST_GOOD, recover_state, save_last_good, snapshot_files
-from test_interrupts import ARGS, TRIALS, finished_in_study, tune_statuses, wait_for
+from test_interrupts import ARGS, finished_in_study, tune_statuses, wait_for
+
+TRIALS = 6
+SEARCH = [*ARGS[:ARGS.index("--num-samples") + 1], str(TRIALS), *ARGS[ARGS.index("--num-samples") + 2:]]
 
 
 @pytest.fixture
@@ -45,7 +48,7 @@ def fill(folder, keep_bytes=0):
 def test_a_disk_that_fills_during_the_search_ends_the_run_and_resume_continues(data_dir, small_disk):
     common = ["--storage-path", small_disk, "--name", "full"]
     root = small_disk / "full"
-    driver = subprocess.Popen([sys.executable, "search/run.py", *ARGS, "--data", str(data_dir), *map(str, common)],
+    driver = subprocess.Popen([sys.executable, "search/run.py", *SEARCH, "--data", str(data_dir), *map(str, common)],
                               cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True,
                               env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
