@@ -52,9 +52,7 @@ def _handle(signum, frame) -> None:
     print(f"\n{signal.Signals(signum).name}: stopping cleanly, every trial's state is saved (signal again to stop at "
           "once)", file=sys.stderr, flush=True)
     threading.Thread(target=_end_if_stuck, args=(signum,), daemon=True).start()
-    if _state.in_tune:
-        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own clean stop
-    else:
+    if not _stop_tune():
         raise Interrupted(signum)
 
 
@@ -78,12 +76,18 @@ def install() -> None:
     signal.signal(signal.SIGUSR1, lambda *_: None)
 
 
+def _stop_tune() -> bool:
+    """Ask the Tune experiment in progress for its clean stop (SIGUSR1); False where none is running."""
+    if _state.in_tune:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    return _state.in_tune
+
+
 def stop_requested(reason: str) -> None:
     """End the Tune experiment in progress as an interrupt does, for ``reason`` (no signal came)."""
     if _state.signum is None and not _state.reason:
         _state.reason = reason
-        if _state.in_tune:
-            os.kill(os.getpid(), signal.SIGUSR1)
+        _stop_tune()
 
 
 def pending() -> Interrupted | None:
@@ -116,5 +120,5 @@ class ResendStop(Callback):
     handler would otherwise be lost. Holds no state, so it pickles with the experiment."""
 
     def on_step_begin(self, iteration, trials, **info):
-        if _state.in_tune and pending() is not None:
-            os.kill(os.getpid(), signal.SIGUSR1)
+        if pending() is not None:
+            _stop_tune()

@@ -150,6 +150,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._max_epochs = max_epochs
         self._budget = budget
         self._epoch_seconds: list[float] = []
+        self._reset_study_caches()
 
     def suggest(self, trial_id: str) -> dict | str | None:
         # Under a time budget a trial is started only if it can run all its epochs in what is left of the search's
@@ -166,10 +167,13 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 return Searcher.FINISHED
         return super().suggest(trial_id)
 
+    def _reset_study_caches(self) -> None:
+        self._study_finished: dict[str, bool] = {}  # trial → whether its Optuna trial is closed (read once)
+        self._replayed: dict[str, dict[int, float]] = {}  # trial → values reported while its Optuna trial was closed
+
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
-        self._study_finished: dict[str, bool] = {}  # re-read from the study after a restore
-        self._replayed: dict[str, dict[int, float]] = {}
+        self._reset_study_caches()  # re-read from the study; a state saved by an older version has neither
 
     def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial:
         ot_trial = self._ot_trials[trial_id]
@@ -178,10 +182,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     def _closed_in_study(self, trial_id: str) -> bool:
         """Whether the study already holds a final state for a trial Tune is running: one Tune runs again after an
         error (``resume_errored``), or one an earlier version of this searcher closed when it was interrupted."""
-        cache = self.__dict__.setdefault("_study_finished", {})
-        if trial_id not in cache:
-            cache[trial_id] = trial_id in self._ot_trials and self._frozen(trial_id).state.is_finished()
-        return cache[trial_id]
+        if trial_id not in self._study_finished:
+            self._study_finished[trial_id] = trial_id in self._ot_trials and self._frozen(trial_id).state.is_finished()
+        return self._study_finished[trial_id]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self._budget is not None:
@@ -190,8 +193,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             self._epoch_seconds.append(float(result["time_this_iter_s"]))
         if trial_id not in self._completed_trials and self._closed_in_study(trial_id):
             # a finished Optuna trial takes no more values: they are kept for the copy on_trial_complete adds
-            self.__dict__.setdefault("_replayed", {}).setdefault(trial_id, {})[
-                int(result["training_iteration"])] = float(result[self.metric])
+            self._replayed.setdefault(trial_id, {})[int(result["training_iteration"])] = float(result[self.metric])
             return
         super().on_trial_result(trial_id, result)
 
@@ -224,7 +226,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         """Record a trial Tune ran again, whose first Optuna trial is closed, as a new Optuna trial with its
         parameters and every value it reported."""
         old = self._frozen(trial_id)
-        values = {**old.intermediate_values, **self.__dict__.get("_replayed", {}).pop(trial_id, {})}
+        values = {**old.intermediate_values, **self._replayed.pop(trial_id, {})}
         if value is not None:
             values[step] = value
         if state == optuna.trial.TrialState.PRUNED and values:
