@@ -1,9 +1,11 @@
 """Batch augmentation on the batch's own device: one affine warp, one brightness scale and, optionally, one
-erased rectangle per image.
+erased rectangle and the photometric changes that photos bring (colour, greyscale, blur, JPEG) per image.
 
 Everything is tensor arithmetic over the whole batch (no per-image Python loop), so on a GPU it costs a
-single ``grid_sample``. Strengths follow the study's list: horizontal flip, rotation, shift, scale
-(zoom) and brightness; random erasing (Zhong et al., 2017) is the one addition.
+single ``grid_sample`` and a few convolutions. Strengths follow the study's list: horizontal flip, rotation, shift,
+scale (zoom) and brightness; random erasing (Zhong et al., 2017) and the photometric set are additions. JPEG
+re-compression is done as JPEG's lossy steps are: YCbCr, 2× chroma subsampling, 8×8 DCT and quantization by the
+standard tables at a random quality (entropy coding, the rest of a JPEG encoder, is lossless).
 """
 from __future__ import annotations
 
@@ -22,13 +24,19 @@ class AugmentStrength:
     scale: float = 0.1  # max zoom in or out, fraction
     brightness: float = 0.2  # max brightness change, fraction
     erase: float = 0.0  # probability of replacing one rectangle (2–40% of the face) with noise
+    color: float = 0.0  # max change of saturation and contrast, fraction
+    grey: float = 0.0  # probability of a greyscale face
+    blur: float = 0.0  # probability of a Gaussian blur (sigma BLUR_SIGMA of the side)
+    jpeg: float = 0.0  # probability of a JPEG re-compression at a quality in JPEG_QUALITY
 
     def __post_init__(self):
-        for name in ("flip", "rotate", "shift", "scale", "brightness", "erase"):
+        for name in ("flip", "rotate", "shift", "scale", "brightness", "erase", "color", "grey", "blur", "jpeg"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augmentation strength {name} must be >= 0, got {getattr(self, name)}")
-        if self.flip > 1 or self.erase > 1 or self.scale >= 1 or self.brightness >= 1:
-            raise ValueError("augmentation flip and erase must be <= 1, scale and brightness < 1")
+        if max(self.flip, self.erase, self.grey, self.blur, self.jpeg) > 1 or self.scale >= 1 or self.brightness >= 1 \
+                or self.color >= 1:
+            raise ValueError("augmentation flip, erase, grey, blur and jpeg are probabilities (<= 1); scale, "
+                             "brightness and color must be < 1")
 
     @property
     def geometric(self) -> bool:
@@ -59,9 +67,129 @@ def augment_batch(x: torch.Tensor, strength: AugmentStrength) -> torch.Tensor:
     if strength.brightness > 0:
         factor = 1 + (torch.rand(b, 1, 1, 1, device=dev, dtype=x.dtype) * 2 - 1) * strength.brightness
         x = (x * factor).clamp_(0, 1)
+    if strength.color > 0:
+        x = jitter_color(x, strength.color)
+    if strength.grey > 0:
+        x = some(x, strength.grey, lambda part: greyscale(part).expand_as(part))
+    if strength.blur > 0:
+        x = some(x, strength.blur, blur)
+    if strength.jpeg > 0:
+        x = some(x, strength.jpeg, recompress)
     if strength.erase > 0:
         x = erase_rectangles(x, strength.erase)
     return x
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as JPEG and PIL's "L" mode weigh the channels
+
+
+def greyscale(x: torch.Tensor) -> torch.Tensor:
+    """B×1×H×W luminance of B×3×H×W ``x``."""
+    w = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def jitter_color(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Scale each image's saturation (distance from its grey) and contrast (distance from its mean luminance) by
+    independent factors in [1 − strength, 1 + strength]; the mean luminance is kept."""
+    b = x.shape[0]
+    sat = 1 + (torch.rand(b, 1, 1, 1, device=x.device, dtype=x.dtype) * 2 - 1) * strength
+    con = 1 + (torch.rand(b, 1, 1, 1, device=x.device, dtype=x.dtype) * 2 - 1) * strength
+    grey = greyscale(x)
+    x = grey + (x - grey) * sat
+    mean = grey.mean(dim=(2, 3), keepdim=True)
+    return (mean + (x - mean) * con).clamp(0, 1)
+
+
+BLUR_SIGMA = (0.004, 0.015)  # of the image side: about 0.8–3 px on a 200 px crop, as a soft or resized photo is
+
+
+def some(x: torch.Tensor, p: float, change) -> torch.Tensor:
+    """``x`` with ``change`` applied to each image with probability ``p`` (computed for those images only)."""
+    picked = torch.rand(x.shape[0], device=x.device) < p
+    if not picked.any():
+        return x
+    out = x.clone()
+    out[picked] = change(x[picked])
+    return out
+
+
+def blur(x: torch.Tensor) -> torch.Tensor:
+    """A separable Gaussian blur of each image, at a random sigma (``BLUR_SIGMA`` of the side)."""
+    b, c, h, w = x.shape
+    sigma = torch.empty(b, device=x.device).uniform_(*BLUR_SIGMA) * h
+    radius = max(1, math.ceil(3 * BLUR_SIGMA[1] * h))
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1).to(x.dtype)) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B·C)×K, one per channel
+    flat = x.reshape(1, b * c, h, w)
+    flat = F.pad(flat, (radius, radius, radius, radius), mode="replicate")
+    flat = F.conv2d(flat, kernel.view(b * c, 1, 1, -1), groups=b * c)
+    flat = F.conv2d(flat, kernel.view(b * c, 1, -1, 1), groups=b * c)
+    return flat.view(b, c, h, w)
+
+
+JPEG_QUALITY = (30, 90)
+# the JPEG standard's example quantization tables (Annex K), luminance and chrominance, row by row
+_LUMA_Q = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22,
+           29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78, 87, 103,
+           121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
+_CHROMA_Q = (17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+             47, 66, 99, 99, 99, 99, 99, 99) + (99,) * 32
+
+
+def quant_tables(quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B×8×8 luminance and chrominance tables at each quality (1–100), scaled as libjpeg scales them."""
+    q = quality.clamp(1, 100).to(torch.float32).view(-1, 1, 1)
+    scale = torch.where(q < 50, 5000 / q, 200 - 2 * q)
+    tables = []
+    for base in (_LUMA_Q, _CHROMA_Q):
+        t = torch.tensor(base, dtype=torch.float32, device=quality.device).view(1, 8, 8)
+        tables.append(((t * scale + 50) / 100).floor().clamp(1, 255))
+    return tables[0], tables[1]
+
+
+def _dct_matrix(device, dtype) -> torch.Tensor:
+    n = torch.arange(8, device=device, dtype=torch.float64)
+    m = torch.cos((2 * n.view(1, -1) + 1) * n.view(-1, 1) * math.pi / 16) * math.sqrt(2 / 8)
+    m[0] /= math.sqrt(2)
+    return m.to(dtype)
+
+
+def _quantize(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Round-trip B×H×W ``plane`` (0–255, H and W multiples of 8) through the 8×8 DCT quantized by B×8×8 ``table``."""
+    b, h, w = plane.shape
+    d = _dct_matrix(plane.device, plane.dtype)
+    blocks = (plane - 128).view(b, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)
+    coeffs = d @ blocks @ d.T
+    t = table.to(plane.dtype).view(b, 1, 1, 8, 8)
+    blocks = d.T @ (torch.round(coeffs / t) * t) @ d
+    return blocks.permute(0, 1, 3, 2, 4).reshape(b, h, w) + 128
+
+
+def recompress(x: torch.Tensor) -> torch.Tensor:
+    """JPEG's lossy steps on each image, at a random quality in ``JPEG_QUALITY``."""
+    quality = torch.randint(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, (x.shape[0],), device=x.device)
+    return jpeg_round_trip(x, quality)
+
+
+def jpeg_round_trip(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """B×3×H×W ``x`` in [0, 1] as a JPEG of each image's ``quality`` would decode (4:2:0 chroma)."""
+    b, _, h, w = x.shape
+    ph, pw = -h % 16, -w % 16
+    rgb = F.pad(x.float() * 255, (0, pw, 0, ph), mode="replicate")
+    r, g, bl = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * bl
+    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * bl
+    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * bl
+    luma_t, chroma_t = quant_tables(quality)
+    y = _quantize(y, luma_t)
+    chroma = F.avg_pool2d(torch.stack([cb, cr], 1), 2)
+    chroma = torch.stack([_quantize(chroma[:, i], chroma_t) for i in range(2)], 1)
+    cb, cr = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False).unbind(1)
+    out = torch.stack([y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
+                       y + 1.772 * (cb - 128)], 1)
+    return (out[:, :, :h, :w] / 255).clamp(0, 1).to(x.dtype)
 
 
 # random erasing's published ranges: the rectangle covers 2–40% of the image, aspect ratio 0.3–3.3

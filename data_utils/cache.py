@@ -145,7 +145,8 @@ def read_file(path: str | os.PathLike) -> bytes:
 
 def cache_key(files: list[FaceFile], size: int) -> str:
     """Content key of a file list at one image size."""
-    listing = [(f.sha256, f.age, f.gender) for f in sorted(files, key=lambda f: f.sha256)]
+    listing = [(f.sha256, f.age, f.gender, *([list(f.age_range)] if f.age_range else []))
+               for f in sorted(files, key=lambda f: f.sha256)]
     payload = json.dumps({"v": CACHE_VERSION, "size": size, "files": listing}).encode()
     return hashlib.sha256(payload).hexdigest()[:20]
 
@@ -221,14 +222,19 @@ def load_or_build(files: list[FaceFile], size: int, cache_dir: str | os.PathLike
                 return cache, path, False
             print(f"note: the tensor cache {path} is truncated or corrupt; rebuilding it", file=sys.stderr)
         cache = build_cache(files, size)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(cache, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(cache, path)
     return cache, path, True
+
+
+def write_atomic(payload: dict, path: Path) -> None:
+    """``torch.save`` to a temp file beside ``path``, then rename it there: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

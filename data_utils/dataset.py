@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from data_utils.cache import check_image_size, load_or_build
-from data_utils.scan import ScanReport, age_band, scan_folder, summarize_labels
+from data_utils.scan import ScanReport, age_band, summarize_labels
+from data_utils.sources import refuse_ranges, scan_sources, split_sources
 
 
 class NoUsableImagesError(RuntimeError):
@@ -93,11 +94,20 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
-def load_faces(data_dir: str | os.PathLike | None, image_size: int = 128,
-               cache_dir: str | os.PathLike | None = None) -> Faces:
-    """Scan a folder, decode it once into the tensor cache (or reuse it), and report what was skipped."""
+def resolve_sources(data: str | os.PathLike | list | None) -> list[Path]:
+    """The data sources (folders or labels CSVs): the argument, else ``$UTKFACE_DIR``; each absolute."""
+    return [resolve_data_dir(p) for p in split_sources(data)] or [resolve_data_dir(None)]
+
+
+def load_faces(data_dir: str | os.PathLike | list | None, image_size: int = 128,
+               cache_dir: str | os.PathLike | None = None, allow_ranges: bool = False) -> Faces:
+    """Scan the sources (a folder, a labels CSV, or several: ``data_utils.sources``), decode them once into the
+    tensor cache (or reuse it), and report what was skipped. Ages given as ranges raise ``AgeRangeError`` unless
+    ``allow_ranges`` (inspection: the cache's ages are then the ranges' middles)."""
     check_image_size(image_size)
-    files, report = scan_folder(resolve_data_dir(data_dir))
+    files, report = scan_sources(resolve_sources(data_dir))
+    if not allow_ranges:
+        refuse_ranges(files, report.folder)
     cache, path, _ = load_or_build(files, image_size, cache_dir)
     for reason, names in cache["skipped"].items():
         for name in names:
@@ -107,8 +117,8 @@ def load_faces(data_dir: str | os.PathLike | None, image_size: int = 128,
     if report.usable == 0:
         found = ", ".join(f"{n} {r}" for r, n in sorted(report.skipped.items())) or "no files at all"
         raise NoUsableImagesError(
-            f"no usable UTKFace images in {report.folder}: {report.files_seen} entries seen ({found}). "
-            "Expected JPEG face crops named age_gender_race_datetime.jpg.chip.jpg")
+            f"no usable images in {report.folder}: {report.files_seen} entries seen ({found}). Expected JPEG face "
+            "crops named age_gender_race_datetime.jpg.chip.jpg, or a labels CSV with file, age and gender columns")
     return Faces(cache["images"], cache["ages"], cache["genders"], cache["names"], cache["sha256"], report, str(path))
 
 

@@ -152,3 +152,24 @@ def photo_faces(path: str | os.PathLike, size: int, detector: str = DEFAULT_DETE
     img = read_photo(path)
     faces = detect(img, detector)
     return faces, [decode_face(face_crop_bytes(img, f), size)[0] for f in faces]
+
+
+def has_utkface_name(path: str | os.PathLike) -> bool:
+    from data_utils.scan import LabelError, parse_name
+
+    try:
+        parse_name(os.path.basename(path))
+        return True
+    except LabelError:
+        return False
+
+
+def are_crops(paths: list) -> bool:
+    """Whether a set of images is read as face crops rather than photos: most have UTKFace names. ``predict`` and
+    the out-of-domain scoring make this one decision."""
+    return 2 * sum(has_utkface_name(p) for p in paths) >= len(paths)
+
+
+def subject_face(faces: list[Face]) -> int:
+    """The index of the face a labelled photo is about: the most confident detection, the larger box on a tie."""
+    return max(range(len(faces)), key=lambda i: (round(faces[i].score, 2), faces[i].box[2] * faces[i].box[3]))

@@ -19,7 +19,8 @@ import json  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Scan a folder of UTKFace crops and report what is usable.")
-    parser.add_argument("--data", default=None, help="folder of UTKFace crops (default: $UTKFACE_DIR)")
+    parser.add_argument("--data", default=None, action="append",
+                        help="a folder of UTKFace crops or a labels CSV; repeatable (default: $UTKFACE_DIR)")
     parser.add_argument("--image-size", type=int, default=128, help="decode size for the cache (default: 128)")
     parser.add_argument("--cache-dir", default=None, help="tensor cache folder (default: $FACETUNE_CACHE or ~/.cache/facetune)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -39,6 +40,17 @@ def format_report(r: dict) -> str:
                  f"({d['conflicting_files_dropped']} files)")
     lines.append("gender       " + ", ".join(f"{k}: {v}" for k, v in r["gender_counts"].items()))
     lines.append("age bands    " + ", ".join(f"{k}: {v}" for k, v in r["age_histogram"].items()))
+    if r.get("age_ranges"):
+        lines.append(f"age ranges   {r['age_ranges']} faces have an age range, not an exact age: scored, not trained on")
+    for part in r.get("sources", []):
+        skipped = ", ".join(f"{n} {reason}" for reason, n in part["skipped"].items()) or "none"
+        d = part["duplicates"]
+        lines.append(f"source       {part['folder']}: {part['files_seen']} entries, {part['usable']} usable before "
+                     f"decoding; skipped {skipped}; {d['copies_dropped'] + d['conflicting_files_dropped']} duplicate "
+                     "or conflicting copies dropped")
+    if r.get("sources"):
+        lines.append(f"across       {r['across_sources_dropped']} copies dropped because another source holds the "
+                     "same face")
     return "\n".join(lines)
 
 
@@ -46,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     from data_utils.dataset import NoUsableImagesError, load_faces
 
     try:
-        faces = load_faces(args.data, args.image_size, args.cache_dir)
+        faces = load_faces(args.data, args.image_size, args.cache_dir, allow_ranges=True)
     except (FileNotFoundError, NotADirectoryError, ValueError, NoUsableImagesError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

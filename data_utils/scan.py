@@ -48,6 +48,8 @@ class FaceFile:
     age: int
     gender: int
     sha256: str
+    age_range: tuple[int, int] | None = None  # a labels file's age given as a range (data_utils.sources)
+    group: str | None = None  # a labels file's race or group column
 
 
 @dataclass
@@ -66,6 +68,9 @@ class ScanReport:
     gender_counts: dict[int, int] = field(default_factory=dict)
     age_histogram: dict[str, int] = field(default_factory=dict)
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+    sources: list["ScanReport"] = field(default_factory=list)  # a union's per-source reports (data_utils.sources)
+    across_sources_dropped: int = 0  # of a union: copies of a face that another source also holds
+    age_ranges: int = 0  # usable faces whose age a labels file gives as a range
 
     def skip(self, reason: str, name: str) -> None:
         self.skipped[reason] += 1
@@ -90,6 +95,9 @@ class ScanReport:
             },
             "gender_counts": {"male(0)": self.gender_counts.get(0, 0), "female(1)": self.gender_counts.get(1, 0)},
             "age_histogram": self.age_histogram,
+            **({"age_ranges": self.age_ranges} if self.age_ranges else {}),
+            **({"sources": [r.to_dict() for r in self.sources], "across_sources_dropped": self.across_sources_dropped}
+               if self.sources else {}),
         }
 
 
@@ -207,7 +215,7 @@ def dedupe(files: list[FaceFile], report: ScanReport) -> list[FaceFile]:
         if len(copies) == 1:
             kept.append(copies[0])
             continue
-        if len({(c.age, c.gender) for c in copies}) > 1:
+        if len({(c.age, c.gender, c.age_range) for c in copies}) > 1:
             report.conflicting_groups += 1
             report.conflicting_files_dropped += len(copies)
             continue

@@ -10,6 +10,7 @@ from typing import Any, get_type_hints
 
 from data_utils.augment import AugmentStrength
 from data_utils.cache import check_image_size
+from data_utils.sources import join_sources, split_sources
 from experiments.device import PRECISIONS
 from models.heads import AGE_HEADS
 
@@ -33,7 +34,7 @@ class UnknownConfigKeyError(KeyError):
 class TrainConfig:
     # data
     arch: str = "scratch"  # see models.ARCHS
-    data_dir: str | None = None  # default: $UTKFACE_DIR; stored absolute
+    data_dir: str | None = None  # folder(s) or labels CSV(s), os.pathsep-joined (data_utils.sources); default: $UTKFACE_DIR
     cache_dir: str | None = None  # default: $FACETUNE_CACHE or ~/.cache/facetune
     image_size: int = 128
     max_images: int = 0  # > 0: a seeded subset of this many images, for quick runs
@@ -73,6 +74,11 @@ class TrainConfig:
     aug_scale: float = 0.1
     aug_brightness: float = 0.2
     aug_erase: float = 0.0  # probability of random erasing (one noise rectangle per face)
+    # the changes photos bring that UTKFace's crops lack (data_utils.augment); off unless the evidence keeps them
+    aug_color: float = 0.0  # max saturation and contrast change, fraction
+    aug_grey: float = 0.0  # probability of a greyscale face
+    aug_blur: float = 0.0  # probability of a Gaussian blur
+    aug_jpeg: float = 0.0  # probability of a JPEG re-compression (quality 30–90)
     mixup_alpha: float = 0.0  # > 0: blend each batch with a shuffled copy, λ ~ Beta(α, α); labels mixed alike
     tta_flip: bool = True  # evaluation averages each face and its mirror (validation, test, export, predict); −0.25 MAE
     # > 0: evaluation also averages the face zoomed in and out by this fraction (models.heads.zoom_views); None:
@@ -117,7 +123,7 @@ class TrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.data_dir:
-            self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+            self.data_dir = join_sources(split_sources(self.data_dir))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
@@ -135,7 +141,7 @@ class TrainConfig:
     def augmentation(self) -> AugmentStrength:
         """The training augmentation these ``aug_*`` fields describe."""
         return AugmentStrength(self.aug_flip, self.aug_rotate, self.aug_shift, self.aug_scale, self.aug_brightness,
-                               self.aug_erase)
+                               self.aug_erase, self.aug_color, self.aug_grey, self.aug_blur, self.aug_jpeg)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,9 +21,11 @@ GENDER_NAMES = {0: "male", 1: "female"}
 
 
 def with_groups(frame: pd.DataFrame) -> pd.DataFrame:
-    """Predictions (name, age, gender, pred_age, p_female) with ``race``, ``sex``, ``correct`` and ``abs_err``."""
+    """Predictions (name, age, gender, pred_age, p_female[, race]) with ``race``, ``sex``, ``correct`` and
+    ``abs_err``."""
     out = frame.copy()
-    out["race"] = [race_group(str(n)) for n in out["name"]]
+    if "race" not in out:  # a labels file's own race/group column wins over the name
+        out["race"] = [race_group(str(n)) for n in out["name"]]
     out["sex"] = [GENDER_NAMES[int(g)] for g in out["gender"]]
     out["correct"] = (predicted_female(out["p_female"]) == (out["gender"] == 1)).astype(float)
     out["abs_err"] = (out["pred_age"] - out["age"]).abs()

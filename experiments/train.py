@@ -28,6 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from data_utils.augment import augment_batch  # noqa: E402
 from data_utils.dataset import SPLIT_FILE, Faces, NoUsableImagesError, Split, load_faces, make_split  # noqa: E402
+from data_utils.sources import join_sources  # noqa: E402
 from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
 from experiments.objective import METRIC, gender_accuracy, objective, predicted_female  # noqa: E402
 from experiments.device import Precision, eval_batch_size, resolve_device, resolve_precision  # noqa: E402,F401  (resolve_device: re-exported)
@@ -380,7 +381,8 @@ def fit_parts(faces: Faces, split: Split, cfg: TrainConfig) -> tuple[Faces, Face
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train one age/gender model on a UTKFace folder and score it.")
     parser.add_argument("--arch", default=None, help="scratch or pretrained (default: the config's, else scratch)")
-    parser.add_argument("--data", default=None, help="folder of UTKFace crops (default: $UTKFACE_DIR)")
+    parser.add_argument("--data", default=None, action="append",
+                        help="a folder of UTKFace crops or a labels CSV; repeatable (default: $UTKFACE_DIR)")
     parser.add_argument("--config", default=None,
                         help="JSON config file or preset name in experiments/configs/ (seed_a, seed_b, ...)")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
@@ -401,7 +403,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = load_config_file(args.config) if args.config else {}
-    flags = {"arch": args.arch, "data_dir": args.data, "epochs": args.epochs, "image_size": args.image_size,
+    flags = {"arch": args.arch, "data_dir": join_sources(args.data) if args.data else None, "epochs": args.epochs, "image_size": args.image_size,
              "max_images": args.max_images, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "device": args.device, "weights_path": args.weights, "cache_dir": args.cache_dir}
     values.update({k: v for k, v in flags.items() if v is not None})

@@ -29,16 +29,17 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from data_utils.cache import DecodeError, decode_file, decode_workers  # noqa: E402
-from data_utils.faces import DEFAULT_DETECTOR, DETECTORS, check_detector, photo_faces  # noqa: E402
-from data_utils.scan import LabelError, ScanReport, list_files, parse_name, scan_folder  # noqa: E402
+from data_utils.faces import (DEFAULT_DETECTOR, DETECTORS, are_crops, check_detector, has_utkface_name,  # noqa: E402
+                              photo_faces, subject_face)
+from data_utils.scan import FaceFile, ScanReport, list_files  # noqa: E402
+from data_utils.sources import is_labels_file, scan_sources  # noqa: E402
 from experiments.calibration import age_interval, conformal_halfwidth  # noqa: E402
 from experiments.config import TrainConfig  # noqa: E402
-from experiments.groups import fairness  # noqa: E402
-from experiments.objective import gender_accuracy, predicted_female  # noqa: E402
+from experiments.objective import predicted_female  # noqa: E402
+from experiments.scoring import labelled_frame, score  # noqa: E402
 from models import Ensemble, build_model  # noqa: E402
 from search.export import CALIBRATION_FILE, REQUIRED_FILES, Exported  # noqa: E402
 
@@ -49,12 +50,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Predict age and gender for faces with an exported model.")
     p.add_argument("--model", required=True, help="export folder written by search/export.py")
     p.add_argument("images", nargs="*", help="image files to predict")
-    p.add_argument("--data", default=None, help="a folder of images to predict (instead of listing files)")
+    p.add_argument("--data", default=None, action="append",
+                   help="a folder of images, or a labels CSV, to predict (instead of listing files); repeatable")
     p.add_argument("--out", default="predictions.csv",
                    help="predictions, one row per face: .csv or .json (default: predictions.csv)")
     p.add_argument("--evaluate", action="store_true",
-                   help="with --data of UTKFace-named files: print JSON with n, gender accuracy, age MAE, the "
-                        "intervals' coverage and the figures per group")
+                   help="with --data of UTKFace-named files or labels CSVs: print JSON with n, gender accuracy, age "
+                        "MAE (or range hit for age ranges), the intervals' coverage and the figures per group")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--detect", action="store_true",
                       help="find and align the faces in each image (default unless the images have UTKFace names)")
@@ -170,14 +172,6 @@ def predict_photos(model: torch.nn.Module, paths: list[Path], size: int, detecto
     yield from flush()
 
 
-def has_utkface_name(path: Path) -> bool:
-    try:
-        parse_name(path.name)
-        return True
-    except LabelError:
-        return False
-
-
 def annotation_targets(paths: list[Path], out_dir: Path) -> dict[Path, Path]:
     """Where each input's annotated copy goes: its own name, extension kept, in ``out_dir``. An extension PIL cannot
     write gets ``.png`` added; a name two inputs share gets ``-2``, ``-3``, ... before its extension."""
@@ -235,22 +229,26 @@ def write_rows(rows: list[dict], out: Path) -> None:
 
 
 def evaluation(rows: list[dict], skipped: Counter, coverage: float | None) -> dict:
-    """The ``--evaluate`` JSON: overall, the age intervals' coverage, and per group."""
-    n = len(rows)
-    acc = gender_accuracy([r["p_female"] for r in rows], [r["true_gender"] for r in rows])
-    mae = sum(abs(r["age"] - r["true_age"]) for r in rows) / n
-    out = {"n": n, "gender_acc": round(acc, 4), "age_mae": round(mae, 3)}
-    if coverage is not None and all(r.get("age_high") is not None for r in rows):
-        inside = [r["age_low"] <= r["true_age"] <= r["age_high"] for r in rows]
-        out["age_interval"] = {"nominal_coverage": coverage, "coverage": round(float(np.mean(inside)), 4),
-                               "mean_width": round(float(np.mean([r["age_high"] - r["age_low"] for r in rows])), 3)}
-    frame = pd.DataFrame({"name": [Path(r["file"]).name for r in rows], "age": [r["true_age"] for r in rows],
-                          "gender": [r["true_gender"] for r in rows], "pred_age": [r["age"] for r in rows],
-                          "p_female": [r["p_female"] for r in rows]})
-    groups = {}
-    for label, part in fairness(frame).items():
-        groups[label] = {"table": json.loads(part["table"].round(4).to_json(orient="records")), "gaps": part["gaps"]}
-    out["groups"] = groups
+    """The ``--evaluate`` JSON: overall (``experiments.scoring``, bootstrap intervals in ``intervals``), the age
+    intervals' coverage, and per group. Rows of faces given an age range count as range hits, not in the MAE."""
+    with_interval = coverage is not None and all(r.get("age_high") is not None for r in rows)
+    frame = labelled_frame([Path(r["file"]).name for r in rows], [r["true_gender"] for r in rows],
+                           [r["true_age_low"] for r in rows], [r["true_age_high"] for r in rows],
+                           [r["age"] for r in rows], [r["p_female"] for r in rows],
+                           [r["age_low"] for r in rows] if with_interval else None,
+                           [r["age_high"] for r in rows] if with_interval else None,
+                           [r.get("true_group") for r in rows])
+    scores = score(frame)
+    out = {"n": scores["n"], "gender_acc": scores["gender_acc"]["value"],
+           "age_mae": scores["age_mae"]["value"] if scores["age_mae"] else None}
+    if scores.get("range_hit"):
+        out.update(range_hit=scores["range_hit"]["value"], range_distance=scores["range_distance"]["value"])
+    if with_interval:
+        out["age_interval"] = {"nominal_coverage": coverage, "coverage": scores["interval_coverage"]["value"],
+                               "mean_width": scores["interval_width"]}
+    out["intervals"] = {k: scores[k] for k in ("gender_acc", "age_mae", "range_hit", "range_distance",
+                                                "interval_coverage") if scores.get(k)}
+    out["groups"] = scores["groups"]
     out["skipped"] = dict(sorted(skipped.items()))
     return out
 
@@ -264,6 +262,36 @@ def empty_folder_message(folder: Path, report: ScanReport, evaluate: bool) -> st
         return (f"no images to evaluate in {folder}: {report.files_seen} entries, none usable ({found}); --evaluate "
                 "needs UTKFace names (age_gender_race_datetime.jpg.chip.jpg): drop --evaluate to only predict them")
     return f"no images to predict in {folder}: {report.files_seen} entries, no regular file ({found})"
+
+
+def data_inputs(sources: list[str], evaluate: bool, skipped: Counter) -> tuple[list[Path], dict[Path, FaceFile]]:
+    """The images ``--data`` names (folders, labels CSVs) and, with ``--evaluate``, their labels: the training's
+    parsing, skipping and de-duplication rules (``data_utils.sources``). Skips are added to ``skipped``."""
+    if evaluate:
+        files, report = scan_sources(sources)
+        dropped = report.duplicate_copies_dropped + report.conflicting_files_dropped
+        if dropped:
+            report.skipped["duplicate_or_conflicting"] += dropped
+        skipped.update(report.skipped)
+        if not files:
+            raise ValueError(empty_folder_message(Path(report.folder), report, evaluate))
+        return [Path(f.path) for f in files], {Path(f.path): f for f in files}
+    paths = []
+    for source in sources:
+        path = Path(source).expanduser().resolve()
+        if is_labels_file(path):
+            files, report = scan_sources(path)
+            found = [Path(f.path) for f in files]
+        elif path.is_dir():
+            report = ScanReport(str(path))
+            found = list_files(path, report)  # links that loop or lead nowhere are counted, not dropped
+        else:
+            raise ValueError(f"--data {path} is neither a folder nor a labels CSV")
+        skipped.update(report.skipped)
+        if not found:
+            raise ValueError(empty_folder_message(path, report, evaluate))
+        paths += found
+    return paths, {}
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -301,27 +329,12 @@ def main(args: argparse.Namespace) -> int:
         if args.data and args.images:
             raise ValueError("give image files or --data DIR, not both")
         if args.evaluate and not args.data:
-            raise ValueError("--evaluate needs --data DIR with UTKFace-named files")
+            raise ValueError("--evaluate needs --data DIR with UTKFace-named files, or --data LABELS.csv")
         if args.coverage is not None and not 0 < args.coverage < 1:
             raise ValueError(f"--coverage {args.coverage}: give a level between 0 and 1, e.g. 0.9")
         labels, skipped = {}, Counter()
         if args.data:
-            folder = Path(args.data).expanduser().resolve()
-            if not folder.is_dir():
-                raise ValueError(f"--data {folder} is not a folder")
-            if args.evaluate:
-                files, report = scan_folder(folder)  # the training's naming, skipping and de-duplication rules
-                dropped = report.duplicate_copies_dropped + report.conflicting_files_dropped
-                if dropped:
-                    report.skipped["duplicate_or_conflicting"] += dropped
-                paths = [Path(f.path) for f in files]
-                labels = {Path(f.path): (f.age, f.gender) for f in files}
-            else:
-                report = ScanReport(str(folder))
-                paths = list_files(folder, report)  # links that loop or lead nowhere are counted, not dropped
-            skipped.update(report.skipped)
-            if not paths:
-                raise ValueError(empty_folder_message(folder, report, args.evaluate))
+            paths, labels = data_inputs(args.data, args.evaluate, skipped)
         else:
             paths = [Path(p).expanduser() for p in args.images]
             if not paths:
@@ -332,7 +345,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     named = sum(has_utkface_name(p) for p in paths)
-    detect = args.detect or not (args.crops or args.evaluate or 2 * named >= len(paths))
+    detect = args.detect or not (args.crops or are_crops(paths))
     if detect:
         try:
             check_detector(args.detector)
@@ -355,8 +368,12 @@ def main(args: argparse.Namespace) -> int:
                "age_low": None if low[0] is None else float(low[0]),
                "age_high": None if high[0] is None or not np.isfinite(high[0]) else float(high[0]),
                "p_female": p_female, "gender": "female" if predicted_female(p_female) else "male"}
-        if path in labels:
-            row["true_age"], row["true_gender"] = labels[path]
+        if path in labels and extra.get("subject", True):
+            f = labels[path]
+            low, high = f.age_range or (f.age, f.age)
+            row.update(true_age=f.age if f.age_range is None else None, true_age_low=low, true_age_high=high,
+                       true_gender=f.gender, **({"true_group": f.group} if f.group else {}))
+        row.pop("subject", None)
         return row
 
     rows: list[dict] = []
@@ -368,12 +385,13 @@ def main(args: argparse.Namespace) -> int:
                 skipped[ages] += 1
                 print(f"skipped {path}: {ages}", file=sys.stderr)
                 continue
+            subject = subject_face(faces)  # the face a labelled photo's label is about
             for i, (face, age, p_female) in enumerate(zip(faces, ages, probs)):
                 x, y, w, h = (round(v, 1) for v in face.box)
                 marks = " ".join(f"{v:.1f}" for v in face.landmarks.ravel())
                 by_file.setdefault(path, []).append(result(path, age, p_female, {
                     "face": i, "box_x": x, "box_y": y, "box_w": w, "box_h": h, "landmarks": marks,
-                    "detection_score": round(face.score, 4)}))
+                    "detection_score": round(face.score, 4), "subject": i == subject}))
     else:
         for path, age, p_female in predict_files(exported, paths, cfg.image_size, args.batch_size):
             if age is None:
@@ -398,8 +416,9 @@ def main(args: argparse.Namespace) -> int:
           + (f" ({', '.join(f'{n} {r}' for r, n in sorted(skipped.items()))})" if skipped else "")
           + (f" → {args.out}" if rows else "") + (f"; {drawn} drawn in {args.annotate}" if rows and args.annotate else ""),
           file=sys.stderr)
-    if args.evaluate and rows:
-        print(json.dumps(evaluation(rows, skipped, coverage if halfwidth is not None else None)))
+    labelled = [r for r in rows if "true_gender" in r]
+    if args.evaluate and labelled:
+        print(json.dumps(evaluation(labelled, skipped, coverage if halfwidth is not None else None)))
     return 0 if rows else 1
 
 

@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from data_utils.dataset import SPLIT_FILE, Faces, Split  # noqa: E402
 from data_utils.scan import AGE_BANDS, age_band  # noqa: E402
+from data_utils.sources import split_sources  # noqa: E402
 from experiments.calibration import CHECK_SPLITS, DEFAULT_COVERAGE, calibrate  # noqa: E402
 from experiments.config import TrainConfig, load_config_file  # noqa: E402
 from experiments.groups import MIN_GROUP_FACES, fairness  # noqa: E402
@@ -44,7 +45,8 @@ LABELS = {"scratch": "Model A (scratch CNN)", "pretrained": "Model B (pretrained
 STUDY = {"scratch": ("86–87%", "6–6.5", "seed_a"), "pretrained": ("82–83%", "8–8.5", "seed_b")}
 SECTIONS = ("1. Headline", "2. Best configurations", "3. Learning curves", "4. All trials",
             "5. Hyperparameter importance", "6. Error analysis (test split)",
-            "7. How sure, and for whom (test split)", "8. Environment and reproduction")
+            "7. How sure, and for whom (test split)", "8. Out of domain (other datasets)",
+            "9. Environment and reproduction")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -604,17 +606,50 @@ def split_description(split: Split) -> str:
     return f"{parts} images ({fractions}), stratified by gender × age band, seed {split.seed} ({SPLIT_FILE})"
 
 
+def out_of_domain(doc: Doc, root: Path, results: dict[str, ArchResults]) -> None:
+    """The --ood sets beside the test split (search.ood); nothing was chosen on them."""
+    from search.ood import group_rows, headline_rows, load_results
+
+    scored = load_results(root)
+    doc.heading(SECTIONS[7])
+    if not scored:
+        doc.para("No labelled set from outside the training data was given; score some with --ood DATA (a folder or "
+                 "a labels CSV, repeatable) and --stage report.")
+        return
+    sets = "; ".join(f"{s['name']}: {s['scored']} of {s['listed']} labelled files scored, read as {s['read_as']}"
+                     + (f" (skipped: {', '.join(f'{n} {r}' for r, n in s['skipped'].items())})" if s["skipped"] else "")
+                     for s in scored["sets"])
+    doc.para(f"Labelled sets from outside the training data ({sets}), scored after the retraining; no choice of "
+             "the search, the retraining or the export read them. Figures with 95% bootstrap intervals over the "
+             "faces; the interval is the exported calibration's (fitted on the test split). A range hit is a "
+             "predicted age that rounds into a range label.")
+    test_rows = []
+    for arch, r in results.items():
+        source = exported_source(r)
+        if source is not None:
+            _, p = source
+            correct = predicted_female(p["p_female"]) == (p["gender"] == 1)
+            test_rows.append({"architecture": arch, "set": "test split (in domain)", "model": f"exported: {source[0]}",
+                              "faces": len(p), "gender accuracy (%)": f"{100 * correct.mean():.1f}",
+                              "age MAE (years)": f"{(p['pred_age'] - p['age']).abs().mean():.2f}"})
+    doc.table(pd.DataFrame(test_rows + headline_rows(scored)).fillna("—"))
+    groups = group_rows(scored)
+    if len({(g["set"], g["group"]) for g in groups}) > len({g["set"] for g in groups}):
+        doc.para("Exported models per group (race, or the labels file's group column):")
+        doc.table(pd.DataFrame(groups))
+
+
 def environment(doc: Doc, root: Path, settings: dict[str, Any], results: dict[str, ArchResults],
                 split: Split) -> None:
     import ray
 
-    doc.heading(SECTIONS[7])
+    doc.heading(SECTIONS[8])
     gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none visible"
     rows = [("python", sys.version.split()[0]), ("platform", platform.platform()), ("processor", platform.machine()),
             ("GPUs (report machine)", gpu), ("torch", torch.__version__), ("ray", ray.__version__),
             ("optuna", optuna.__version__), ("search seed (TPE and trials)", settings.get("seed")),
             ("retraining seeds", retraining_seeds(settings, results)), ("split", split_description(split)),
-            ("data", settings.get("data_dir")), ("image size", image_sizes(settings, results)),
+            ("data", " + ".join(split_sources(settings.get("data_dir")))), ("image size", image_sizes(settings, results)),
             ("images used", settings.get("max_images") or "all")]
     for arch, r in results.items():
         if r.plan:
@@ -650,7 +685,7 @@ def write_report(root: Path, faces: Faces, split: Split) -> Path:
     doc = Doc()
     doc.heading(f"Age and gender: scratch CNN vs pretrained MobileNetV2 — experiment '{root.name}'", 1)
     doc.para(f"{len(split.train)} training, {len(split.val)} validation and {len(split.test)} test images "
-             f"(de-duplicated UTKFace crops from {settings.get('data_dir', '?')}); the test split was never seen by "
+             f"(de-duplicated faces from {' + '.join(split_sources(settings.get('data_dir'))) or '?'}); the test split was never seen by "
              "a search trial.")
     headline(doc, results)
     best_configurations(doc, results)
@@ -659,6 +694,7 @@ def write_report(root: Path, faces: Faces, split: Split) -> Path:
     importance(doc, results, out)
     error_analysis(doc, results, faces, out)
     sureness_and_groups(doc, results)
+    out_of_domain(doc, root, results)
     environment(doc, root, settings, results, split)
     (out / "report.md").write_text(doc.markdown())
     (out / "report.html").write_text(doc.html(f"facetune report: {root.name}"))

@@ -55,7 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                "search_settings.json;\nonly --data, --cache-dir, --weights, --cpus-per-trial, --gpus-per-trial, "
                "--concurrency,\n--max-failures and --address may change there.")
     p.add_argument("--arch", default=None, choices=ARCH_CHOICES, help="architecture(s) to search (default: both)")
-    p.add_argument("--data", default=None, help="folder of UTKFace crops (default: $UTKFACE_DIR)")
+    p.add_argument("--data", default=None, action="append",
+                   help="a folder of UTKFace crops or a labels CSV (file,age,gender[,race]); repeat it for the "
+                        "de-duplicated union of several (default: $UTKFACE_DIR)")
+    p.add_argument("--ood", default=None, action="append", metavar="DATA",
+                   help="a labelled set (folder or CSV) to score the retrained and exported models on after the "
+                        "retraining, beside the test split; never used for any choice; repeatable")
     p.add_argument("--preset", default=None, choices=tuple(PRESETS),
                    help=f"quick: a 9½-minute search on a laptop; smoke: every stage in a minute; full: the real search "
                         f"(default: {GPU_PRESET} where a GPU or --address is, else {CPU_PRESET})")
@@ -472,6 +477,7 @@ def _stopped(stop, s: RunSettings | None) -> int:
 def run_stages(s: RunSettings, args: argparse.Namespace) -> int:
     """Every check, then the stages ``args.stage`` names, in order."""
     from data_utils.dataset import SPLIT_FILE, NoUsableImagesError, SplitMismatchError, TooFewImagesError
+    from data_utils.sources import AgeRangeError
     from search.storage import StorageError
 
     searching = args.stage in ("all", "search")
@@ -485,13 +491,17 @@ def run_stages(s: RunSettings, args: argparse.Namespace) -> int:
                                      "continue it or --name NEW to start another")
         setup_started = time.monotonic()
         faces, split, new_split = load_data(s, searching, args.resume)
+        if s.ood and args.stage != "search":
+            from search.ood import check_sets
+
+            check_sets(s.ood)
         if training:
             resources = connect_ray(s)
             gpus_per_trial, concurrency = plan_resources(s, resources, s.num_samples)
             disk_reserve = check_storage_room(s, concurrency)
         setup_seconds = time.monotonic() - setup_started
-    except (NoUsableImagesError, TooFewImagesError, SplitMismatchError, FileNotFoundError,
-            NotADirectoryError, PermissionError, StorageError) as err:
+    except (NoUsableImagesError, TooFewImagesError, SplitMismatchError, AgeRangeError, FileNotFoundError,
+            NotADirectoryError, PermissionError, StorageError, ValueError) as err:
         raise UsageError(str(err)) from None
     s.root.mkdir(parents=True, exist_ok=True)
     if new_split:
@@ -504,7 +514,7 @@ def run_stages(s: RunSettings, args: argparse.Namespace) -> int:
         from search.budget import SETUP_STAGE, Ledger
 
         Ledger(s.root, s.budget_s).add(SETUP_STAGE, setup_seconds)
-    print(f"data: {faces.report.usable} usable images in {s.data_dir} ({sum(faces.report.skipped.values())} skipped); "
+    print(f"data: {faces.report.usable} usable images in {faces.report.folder} ({sum(faces.report.skipped.values())} skipped); "
           f"split {len(split.train)}/{len(split.val)}/{len(split.test)}; faces at "
           + ", ".join(f"{s.image_size_for(arch)} px ({arch})" for arch in s.archs))
     if training:
@@ -522,6 +532,11 @@ def run_stages(s: RunSettings, args: argparse.Namespace) -> int:
                 run_search(s, arch, data, gpus_per_trial, concurrency, args.resume, disk_reserve)
             if args.stage in ("all", "retrain"):
                 run_retrain(s, arch, data, gpus_per_trial, concurrency, disk_reserve)
+    if s.ood and args.stage != "search":
+        from search.ood import run_ood
+
+        scored = run_ood(s.root, s.ood, {arch: s.image_size_for(arch) for arch in s.archs}, cache_dir=s.cache_dir)
+        print(f"out of domain: {scored}", flush=True)
     if args.stage in ("all", "report"):
         from search.manifest import ManifestError
         from search.report import write_report

@@ -37,7 +37,7 @@ SCHEDULERS = ("asha", "fifo")
 
 # fields a flag may change on --resume or a later stage: where things live and how the work is spread, never
 # what is trained
-MAY_CHANGE = ("data_dir", "cache_dir", "weights", "cpus_per_trial", "gpus_per_trial", "concurrency", "max_failures",
+MAY_CHANGE = ("data_dir", "ood", "cache_dir", "weights", "cpus_per_trial", "gpus_per_trial", "concurrency", "max_failures",
               "address", "budget_s")
 # --set keys that a flag owns: their value flows into the flag's field, so every stage sees one value
 SET_OWNED = {"image_size": "image_size", "max_images": "max_images", "seed": "seed", "data_dir": "data_dir",
@@ -93,6 +93,8 @@ class RunSettings:
     # scratch CNN needs more epochs than a fine-tuned backbone, and pays for them with smaller faces);
     # --max-epochs / --grace-period / --image-size replace it for every architecture
     arch_schedule: dict[str, dict[str, int]] = field(default_factory=dict)
+    # labelled sets scored out of domain after the retraining (search.ood), os.pathsep-joined; never used for a choice
+    ood: str = ""
     command: str = ""
 
     @property
@@ -155,10 +157,15 @@ def settings_path(root: Path) -> Path:
 
 
 # fields holding a path, made absolute: Ray Tune runs trials in other folders
-PATH_FIELDS = ("data_dir", "cache_dir", "weights")
+PATH_FIELDS = ("data_dir", "cache_dir", "weights", "ood")
 
 
 def _absolute(value: Any) -> str:
+    """A path made absolute; several data sources (a list, or ``os.pathsep``-joined) each made absolute."""
+    from data_utils.sources import join_sources, split_sources
+
+    if isinstance(value, (list, tuple)) or os.pathsep in str(value):
+        return join_sources(split_sources(value))
     return str(Path(value).expanduser().resolve())
 
 
@@ -167,7 +174,7 @@ def _flag(attr: str) -> str:
 
 
 # argparse attribute → RunSettings field, for every flag that sets a field
-FLAG_FIELDS = {"arch": "archs", "data": "data_dir", "preset": "preset", "top_k": "retrain_top_k",
+FLAG_FIELDS = {"arch": "archs", "data": "data_dir", "ood": "ood", "preset": "preset", "top_k": "retrain_top_k",
                "seeds": "retrain_seeds", "num_samples": "num_samples", "max_epochs": "max_epochs",
                "grace_period": "grace_period", "reduction_factor": "reduction_factor", "image_size": "image_size",
                "max_images": "max_images", "scheduler": "scheduler", "cpus_per_trial": "cpus_per_trial",
@@ -364,19 +371,32 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def source_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a data source (a non-empty folder or a labels CSV), or None."""
+    from data_utils.sources import is_labels_file
+
+    if is_labels_file(path):
+        return None if path.is_file() else "the labels file does not exist; pass --data with a folder or a CSV"
+    if not path.is_dir():
+        return "the data folder does not exist; pass --data DIR (a folder of UTKFace crops) or a labels CSV"
+    try:
+        return None if any(path.iterdir()) else "the data folder is empty; pass --data DIR with UTKFace crops in it"
+    except PermissionError:
+        return "the data folder cannot be listed (permission denied)"
+
+
 def _validate(s: RunSettings, origin: dict[str, str]) -> None:
     from data_utils.cache import check_image_size
+    from data_utils.sources import split_sources
 
     def need(key: str, ok: bool, rule: str) -> None:
         if not ok:
             raise UsageError(f"{origin.get(key) or key} {_show(getattr(s, key))}: {rule}")
 
-    data = Path(s.data_dir)
-    need("data_dir", data.is_dir(), "the data folder does not exist; pass --data DIR (a folder of UTKFace crops)")
-    try:
-        need("data_dir", any(data.iterdir()), "the data folder is empty; pass --data DIR with UTKFace crops in it")
-    except PermissionError:
-        need("data_dir", False, "the data folder cannot be listed (permission denied)")
+    for key in ("data_dir", "ood"):
+        for source in split_sources(getattr(s, key)):
+            rule = source_problem(Path(source))
+            need(key, rule is None, f"{source}: {rule}")
     for size in {s.image_size} | {s.image_size_for(arch) for arch in s.archs}:
         try:
             check_image_size(size)
