@@ -99,27 +99,30 @@ def mixup_draw(n: int, alpha: float, device: torch.device) -> tuple[float, torch
 
 @torch.no_grad()
 def predict(model: AgeGenderNet, images: torch.Tensor | TensorData, batch_size: int | None = None,
-            precision: Precision | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            precision: Precision | None = None, with_spread: bool = False) -> tuple[torch.Tensor, ...]:
     """Age (years) and P(female) for uint8 images (a tensor, or a part's ``TensorData``), in eval mode, in batches
     of ``batch_size`` (default: the device's ``eval_batch_size``), in ``precision`` (default fp32; training passes
-    its own); float32 CPU tensors."""
+    its own); float32 CPU tensors. ``with_spread`` adds the spread of the views' ages
+    (``AgeGenderNet.forward_with_spread``)."""
     device = next(model.parameters()).device
     batch_size = batch_size or eval_batch_size(device)
     precision = precision or resolve_precision("fp32", device)
     was_training = model.training
     model.eval()
-    ages, probs = [], []
+    ages, probs, spreads = [], [], []
     n = len(images) if isinstance(images, TensorData) else images.shape[0]
     for i in range(0, n, batch_size):
         chunk = (images.batch(torch.arange(i, min(n, i + batch_size))) if isinstance(images, TensorData)
                  else images[i:i + batch_size])
         x = to_input(chunk.to(device), precision.channels_last)
         with precision.autocast():
-            age, logit = model(x)
+            age, logit, spread = model.forward_with_spread(x) if with_spread else (*model(x), None)
         ages.append(age.float().cpu())
         probs.append(torch.sigmoid(logit.float()).cpu())
+        if with_spread:
+            spreads.append(spread.float().cpu())
     model.train(was_training)
-    return torch.cat(ages), torch.cat(probs)
+    return (torch.cat(ages), torch.cat(probs)) + ((torch.cat(spreads),) if with_spread else ())
 
 
 HELD_OUT_METRICS = ("loss", "gender_acc", "age_mae", METRIC)  # the keys of score()

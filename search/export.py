@@ -29,7 +29,7 @@ from torch import nn  # noqa: E402
 from data_utils.cache import decode_file  # noqa: E402
 from data_utils.dataset import SPLIT_FILE, resolve_data_dir  # noqa: E402
 from data_utils.scan import ScanReport, list_files  # noqa: E402
-from experiments.calibration import DEFAULT_COVERAGE, calibrate  # noqa: E402
+from experiments.calibration import DEFAULT_COVERAGE, SPREAD, calibrate  # noqa: E402
 from experiments.train import load_model  # noqa: E402
 from models import Ensemble  # noqa: E402
 from models.heads import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -39,24 +39,26 @@ FORMATS = ("onnx", "torchscript")
 # every file an export folder may hold (search/predict.py reads the first three); another file there is the user's
 EXPORT_FILES = ("config.json", "model.pt", "preprocessing.json", "metrics.json", "calibration.json", "model.onnx",
                 "model.torchscript.pt", "export_check.json")
-TOLERANCE = 1e-3  # max abs difference allowed on age (years) and on P(female)
+TOLERANCE = 1e-3  # max abs difference allowed on age and its spread (years) and on P(female)
+OUTPUTS = ("age", "p_female", "age_spread")
 CHECK_IMAGES = 64
 REQUIRED_FILES = EXPORT_FILES[:3]  # what search/predict.py needs to rebuild the model
 CALIBRATION_FILE = EXPORT_FILES[4]
 
 
 class Exported(nn.Module):
-    """The model as exported: (age, P(female)) instead of a logit, so users need no sigmoid; the logit is divided
-    by the calibration's temperature first (the decision at P = 0.5 is unchanged)."""
+    """The model as exported: (age, P(female), age spread) instead of a logit, so users need no sigmoid; the logit
+    is divided by the calibration's temperature first (the decision at P = 0.5 is unchanged). The spread of the
+    test-time views' ages scales the age interval (calibration.json, ``experiments.calibration.halfwidths``)."""
 
     def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        age, logit = self.model(image)
-        return age, torch.sigmoid(logit / self.temperature)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        age, logit, spread = self.model.forward_with_spread(image)
+        return age, torch.sigmoid(logit / self.temperature), spread
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -164,13 +166,13 @@ def export_onnx(module: Exported, example: torch.Tensor, path: Path) -> None:
         warnings.simplefilter("ignore", UserWarning)
         # the zoomed views' margins are read off the image size, which is fixed per export (preprocessing.json)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["age", "p_female"],
-                          dynamic_axes={"image": {0: "batch"}, "age": {0: "batch"}, "p_female": {0: "batch"}},
+        torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=list(OUTPUTS),
+                          dynamic_axes={name: {0: "batch"} for name in ("image", *OUTPUTS)},
                           opset_version=18, dynamo=False, verbose=False)
 
 
-def max_diffs(reference: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
-    return {"age": float(np.abs(reference[0] - other[0]).max()), "p_female": float(np.abs(reference[1] - other[1]).max())}
+def max_diffs(reference: tuple[np.ndarray, ...], other: tuple[np.ndarray, ...]) -> dict[str, float]:
+    return {name: float(np.abs(r - o).max()) for name, r, o in zip(OUTPUTS, reference, other)}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -238,7 +240,9 @@ def write_export(out: Path, model, cfg, ensemble: dict | None, entry: dict, held
         "image_size": cfg.image_size, "input": "RGB, float32, N×3×S×S, values in [0, 1]",
         "resize": "centre-crop to a square, then PIL bilinear resize to S×S (data_utils.cache.decode_face)",
         "normalization": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "applied": "inside the model"},
-        "outputs": {"age": "years", "p_female": "probability that the face is female (UTKFace gender 1)"},
+        "outputs": {"age": "years", "p_female": "probability that the face is female (UTKFace gender 1)",
+                    "age_spread": "years: the spread of the test-time views' ages, which scales the age interval "
+                                  "(calibration.json)"},
     }, indent=2) + "\n")
     source = ensemble or entry
     metrics = {k: source[k] for k in ("test_gender_acc", "test_age_mae", "objective")}
@@ -246,7 +250,7 @@ def write_export(out: Path, model, cfg, ensemble: dict | None, entry: dict, held
     metrics.update({"members": ensemble["members"]} if ensemble else {"trial_id": entry["trial_id"], "seed": entry["seed"]})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     calibration = calibrate(held_out["age"], held_out["pred_age"], held_out["gender"] == 1, held_out["p_female"],
-                            coverage)
+                            coverage, spread=held_out.get(SPREAD))
     calibration["calibrated_on"] = (f"the {len(held_out)} faces of the retraining's test split ({split_file}), "
                                     "which the exported model never trained on")
     (out / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")

@@ -4,13 +4,13 @@ Each set (a folder or a labels CSV, ``data_utils.sources``) is read the way ``se
 they are when most files have UTKFace names, else each photo's face detected and aligned (the most confident face:
 the one the label is about). Every completed retraining run is scored, and the model ``search/export.py`` exports
 by default (the ensemble of the top configuration's seeds, else the marked model) with the calibration the export
-fits: temperature and split-conformal interval from the retraining's test predictions. Nothing here feeds a
+fits: temperature and split-conformal interval (scaled by each face's spread) from the retraining's test
+predictions. Nothing here feeds a
 choice: it runs after the retraining has marked its model, and only the report reads ``ood/ood.json``.
 """
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from data_utils.faces import DEFAULT_DETECTOR, are_crops, check_detector
 from data_utils.labelled import LabelledSet, read_set, set_names
 from data_utils.sources import scan_sources, split_sources
-from experiments.calibration import DEFAULT_COVERAGE, age_interval, apply_temperature, calibrate
+from experiments.calibration import DEFAULT_COVERAGE, SPREAD, age_interval, apply_temperature, calibrate, halfwidths
 from experiments.scoring import labelled_frame, score
 from experiments.train import load_model
 from models.heads import mean_probability_logit
@@ -32,31 +32,26 @@ BATCH = 64
 
 
 @torch.no_grad()
-def member_outputs(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(age, gender logit) of every face, in batches of ``BATCH``."""
-    ages, logits = [], []
-    for start in range(0, len(images), BATCH):
-        age, logit = model(images[start:start + BATCH].float() / 255)
-        ages.append(age.float())
-        logits.append(logit.float())
-    return torch.cat(ages), torch.cat(logits)
+def member_outputs(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(age, gender logit, spread of the views' ages) of every face, in batches of ``BATCH``."""
+    parts = [model.forward_with_spread(images[start:start + BATCH].float() / 255)
+             for start in range(0, len(images), BATCH)]
+    return tuple(torch.cat([p[i].float() for p in parts]) for i in range(3))
 
 
-def calibration_of(test: pd.DataFrame) -> tuple[float, float]:
-    """(temperature, interval half-width) as the export fits them on a model's test predictions."""
-    c = calibrate(test["age"], test["pred_age"], test["gender"] == 1, test["p_female"], DEFAULT_COVERAGE, splits=0)
-    return c["temperature"], c["halfwidth"] if c["halfwidth"] is not None else math.inf
-
-
-def scored(labelled: LabelledSet, age: torch.Tensor, logit: torch.Tensor, test: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
-    """The scores (``experiments.scoring.score``) and per-face table of one model's outputs on a set."""
-    temperature, halfwidth = calibration_of(test)
-    p_female = apply_temperature(torch.sigmoid(logit).numpy(), temperature)
-    low, high = age_interval(age.numpy(), halfwidth)
+def scored(labelled: LabelledSet, outputs: tuple[torch.Tensor, ...], test: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """The scores (``experiments.scoring.score``) and per-face table of one model's outputs on a set, with the
+    calibration the export fits on the model's test predictions (temperature, the interval scaled by the spread)."""
+    age, logit, spread = (t.numpy() for t in outputs)
+    calibration = calibrate(test["age"], test["pred_age"], test["gender"] == 1, test["p_female"], DEFAULT_COVERAGE,
+                            splits=0, spread=test.get(SPREAD))
+    p_female = apply_temperature(torch.sigmoid(torch.from_numpy(logit)).numpy(), calibration["temperature"])
+    low, high = age_interval(age, halfwidths(calibration, DEFAULT_COVERAGE, spread))
     ranges = [f.age_range or (f.age, f.age) for f in labelled.files]
     frame = labelled_frame([f.name for f in labelled.files], [f.gender for f in labelled.files],
-                           [r[0] for r in ranges], [r[1] for r in ranges], age.numpy(), p_female, low, high,
+                           [r[0] for r in ranges], [r[1] for r in ranges], age, p_female, low, high,
                            [f.group for f in labelled.files])
+    frame[SPREAD] = spread
     return score(frame), frame
 
 
@@ -82,14 +77,14 @@ def score_arch(root: Path, arch: str, sets: list[LabelledSet]) -> list[dict[str,
     runs, exported = models_of(root, arch)
     out_dir = root / OOD_DIR
     rows = []
-    outputs: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {s.name: {} for s in sets}
+    outputs: dict[str, dict[str, tuple[torch.Tensor, ...]]] = {s.name: {} for s in sets}
     for run in runs:
         model, _ = load_model(torch.load(manifest.locate(root, run["checkpoint"]), map_location="cpu",
                                          weights_only=True), "cpu")
         test = pd.read_csv(manifest.locate(root, run["predictions"]))
         for labelled in sets:
-            age, logit = outputs[labelled.name][run["trial_id"]] = member_outputs(model, labelled.images)
-            result, _ = scored(labelled, age, logit, test)
+            outputs[labelled.name][run["trial_id"]] = member_outputs(model, labelled.images)
+            result, _ = scored(labelled, outputs[labelled.name][run["trial_id"]], test)
             rows.append({"arch": arch, "set": labelled.name, "model": f"rank {run['rank'] + 1}, seed {run['seed']}",
                          "exported": False, **result})
     if exported and exported["predictions"]:
@@ -98,9 +93,9 @@ def score_arch(root: Path, arch: str, sets: list[LabelledSet]) -> list[dict[str,
             members = [outputs[labelled.name][t] for t in exported["trial_ids"] if t in outputs[labelled.name]]
             if not members:
                 continue
-            age = torch.stack([a for a, _ in members]).mean(0)
-            logit = mean_probability_logit(torch.stack([lg for _, lg in members]))
-            result, frame = scored(labelled, age, logit, test)
+            ensemble = (torch.stack([m[0] for m in members]).mean(0), mean_probability_logit(torch.stack(
+                [m[1] for m in members])), torch.stack([m[2] for m in members]).mean(0))  # as models.Ensemble
+            result, frame = scored(labelled, ensemble, test)
             frame.to_csv(out_dir / f"{arch}-{labelled.name}.csv", index=False)
             rows.append({"arch": arch, "set": labelled.name, "model": exported["what"], "exported": True, **result})
     return rows

@@ -36,7 +36,7 @@ from data_utils.faces import (DEFAULT_DETECTOR, DETECTORS, are_crops, check_dete
                               photo_faces, subject_face)
 from data_utils.scan import FaceFile, ScanReport, list_files  # noqa: E402
 from data_utils.sources import is_labels_file, scan_sources  # noqa: E402
-from experiments.calibration import age_interval, conformal_halfwidth  # noqa: E402
+from experiments.calibration import age_interval, halfwidths  # noqa: E402
 from experiments.config import TrainConfig  # noqa: E402
 from experiments.objective import predicted_female  # noqa: E402
 from experiments.scoring import labelled_frame, score  # noqa: E402
@@ -117,8 +117,8 @@ def load_calibration(folder: str | os.PathLike) -> dict | None:
 
 @torch.no_grad()
 def predict_files(model: torch.nn.Module, paths: list[Path], size: int, batch_size: int = 64):
-    """Crops: yield (path, age, p_female) for each decodable file and (path, None, reason) for the others, in
-    order. ``model`` returns (age, P(female)) (``search.export.Exported``)."""
+    """Crops: yield (path, age, p_female, spread) for each decodable file and (path, None, reason, None) for the
+    others, in order. ``model`` returns (age, P(female), age spread) (``search.export.Exported``)."""
     with ThreadPoolExecutor(decode_workers()) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
@@ -127,31 +127,32 @@ def predict_files(model: torch.nn.Module, paths: list[Path], size: int, batch_si
             results = {}
             if good:
                 x = torch.stack([decoded[i][0] for i in good]).float() / 255
-                age, prob = model(x)
-                results = dict(zip(good, zip(age.tolist(), prob.tolist())))
+                age, prob, spread = model(x)
+                results = dict(zip(good, zip(age.tolist(), prob.tolist(), spread.tolist())))
             for i, path in enumerate(chunk):
                 if i in results:
-                    yield path, results[i][0], results[i][1]
+                    yield path, *results[i]
                 else:
-                    yield path, None, decoded[i][1]
+                    yield path, None, decoded[i][1], None
 
 
 @torch.no_grad()
 def predict_photos(model: torch.nn.Module, paths: list[Path], size: int, detector: str, batch_size: int = 64):
-    """Detection: yield (path, faces, ages, p_females) for each photo with a face, (path, None, reason, None) for
-    the others (unreadable, or no face found), in order."""
+    """Detection: yield (path, faces, ages, p_females, spreads) for each photo with a face, (path, None, reason,
+    None, None) for the others (unreadable, or no face found), in order."""
     pending: list[tuple[Path, list, list]] = []
 
     def flush():
         tensors = [t for _, _, ts in pending for t in ts]
-        ages, probs = [], []
+        ages, probs, spreads = [], [], []
         for start in range(0, len(tensors), batch_size):
-            age, prob = model(torch.stack(tensors[start:start + batch_size]).float() / 255)
+            age, prob, spread = model(torch.stack(tensors[start:start + batch_size]).float() / 255)
             ages += age.tolist()
             probs += prob.tolist()
+            spreads += spread.tolist()
         at = 0
         for path, faces, ts in pending:
-            yield path, faces, ages[at:at + len(ts)], probs[at:at + len(ts)]
+            yield path, faces, ages[at:at + len(ts)], probs[at:at + len(ts)], spreads[at:at + len(ts)]
             at += len(ts)
         pending.clear()
 
@@ -160,11 +161,11 @@ def predict_photos(model: torch.nn.Module, paths: list[Path], size: int, detecto
             faces, tensors = photo_faces(path, size, detector)
         except DecodeError as err:
             yield from flush()
-            yield path, None, err.reason, None
+            yield path, None, err.reason, None, None
             continue
         if not faces:
             yield from flush()
-            yield path, None, "no_face_found", None
+            yield path, None, "no_face_found", None, None
             continue
         pending.append((path, faces, tensors))
         if sum(len(ts) for _, _, ts in pending) >= batch_size:
@@ -356,15 +357,16 @@ def main(args: argparse.Namespace) -> int:
           f"have UTKFace names; {'--crops' if detect else '--detect'} for the other way)", file=sys.stderr)
     temperature = calibration["temperature"] if calibration else 1.0
     coverage = args.coverage or (calibration or {}).get("coverage")
-    halfwidth = conformal_halfwidth(calibration["abs_errors"], coverage) if calibration else None
+    has_interval = calibration is not None
     if calibration is None:
         print(f"note: {args.model} has no {CALIBRATION_FILE} (an older export): no age interval, P(female) as the "
               "model gives it; export the model again for both", file=sys.stderr)
     exported = Exported(model, temperature).eval()
 
-    def result(path: Path, age: float, p_female: float, extra: dict) -> dict:
-        low, high = age_interval(np.array([age]), halfwidth) if halfwidth is not None else ([None], [None])
-        row = {"file": str(path), **extra, "age": age,
+    def result(path: Path, age: float, p_female: float, spread: float, extra: dict) -> dict:
+        low, high = (age_interval(np.array([age]), halfwidths(calibration, coverage, np.array([spread])))
+                     if has_interval else ([None], [None]))
+        row = {"file": str(path), **extra, "age": age, "age_spread": spread,
                "age_low": None if low[0] is None else float(low[0]),
                "age_high": None if high[0] is None or not np.isfinite(high[0]) else float(high[0]),
                "p_female": p_female, "gender": "female" if predicted_female(p_female) else "male"}
@@ -380,25 +382,25 @@ def main(args: argparse.Namespace) -> int:
     by_file: dict[Path, list[dict]] = {}
     if detect:
         produced = predict_photos(exported, paths, cfg.image_size, args.detector, args.batch_size)
-        for path, faces, ages, probs in produced:
+        for path, faces, ages, probs, spreads in produced:
             if faces is None:
                 skipped[ages] += 1
                 print(f"skipped {path}: {ages}", file=sys.stderr)
                 continue
             subject = subject_face(faces)  # the face a labelled photo's label is about
-            for i, (face, age, p_female) in enumerate(zip(faces, ages, probs)):
+            for i, (face, age, p_female, spread) in enumerate(zip(faces, ages, probs, spreads)):
                 x, y, w, h = (round(v, 1) for v in face.box)
                 marks = " ".join(f"{v:.1f}" for v in face.landmarks.ravel())
-                by_file.setdefault(path, []).append(result(path, age, p_female, {
+                by_file.setdefault(path, []).append(result(path, age, p_female, spread, {
                     "face": i, "box_x": x, "box_y": y, "box_w": w, "box_h": h, "landmarks": marks,
                     "detection_score": round(face.score, 4), "subject": i == subject}))
     else:
-        for path, age, p_female in predict_files(exported, paths, cfg.image_size, args.batch_size):
+        for path, age, p_female, spread in predict_files(exported, paths, cfg.image_size, args.batch_size):
             if age is None:
                 skipped[p_female] += 1
                 print(f"skipped {path}: {p_female}", file=sys.stderr)
                 continue
-            by_file[path] = [result(path, age, p_female, {})]
+            by_file[path] = [result(path, age, p_female, spread, {})]
     targets = annotation_targets(paths, Path(args.annotate).expanduser()) if args.annotate else {}
     drawn = 0
     for path, found in by_file.items():
@@ -418,7 +420,7 @@ def main(args: argparse.Namespace) -> int:
           file=sys.stderr)
     labelled = [r for r in rows if "true_gender" in r]
     if args.evaluate and labelled:
-        print(json.dumps(evaluation(labelled, skipped, coverage if halfwidth is not None else None)))
+        print(json.dumps(evaluation(labelled, skipped, coverage if has_interval else None)))
     return 0 if rows else 1
 
 

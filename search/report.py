@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from data_utils.dataset import SPLIT_FILE, Faces, Split  # noqa: E402
 from data_utils.scan import AGE_BANDS, age_band  # noqa: E402
 from data_utils.sources import split_sources  # noqa: E402
-from experiments.calibration import CHECK_SPLITS, DEFAULT_COVERAGE, calibrate  # noqa: E402
+from experiments.calibration import CHECK_SPLITS, DEFAULT_COVERAGE, SPREAD, calibrate  # noqa: E402
 from experiments.config import TrainConfig, load_config_file  # noqa: E402
 from experiments.groups import MIN_GROUP_FACES, fairness  # noqa: E402
 from experiments.objective import METRIC, REFERENCE_AGE_MAE, REFERENCE_GENDER_ERROR, predicted_female  # noqa: E402
@@ -536,7 +536,8 @@ def exported_source(r: ArchResults) -> tuple[str, pd.DataFrame] | None:
 
 def sureness_and_groups(doc: Doc, results: dict[str, ArchResults]) -> None:
     doc.heading(SECTIONS[6])
-    doc.para(f"For the model each architecture exports. Age interval: split-conformal at {DEFAULT_COVERAGE:.0%}; "
+    doc.para(f"For the model each architecture exports. Age interval: split-conformal at {DEFAULT_COVERAGE:.0%}, its "
+             "width scaled by each face's spread of its test-time views' ages; "
              "P(female): temperature scaling; both fitted on test-split predictions (the retrained models trained on "
              f"train+validation) and checked on {CHECK_SPLITS} random halves of the test split, one half fitting, the "
              "other scored (mean, and 5th–95th percentile over the halves). Groups: the race field of the UTKFace "
@@ -546,7 +547,7 @@ def sureness_and_groups(doc: Doc, results: dict[str, ArchResults]) -> None:
         if source is None:
             continue
         what, p = source
-        c = calibrate(p["age"], p["pred_age"], p["gender"] == 1, p["p_female"])
+        c = calibrate(p["age"], p["pred_age"], p["gender"] == 1, p["p_female"], spread=p.get(SPREAD))
         check = c["check"]
 
         def span(key: str, scale: float = 1.0, digits: int = 1) -> str:
@@ -629,9 +630,12 @@ def out_of_domain(doc: Doc, root: Path, results: dict[str, ArchResults]) -> None
         if source is not None:
             _, p = source
             correct = predicted_female(p["p_female"]) == (p["gender"] == 1)
+            held = calibrate(p["age"], p["pred_age"], p["gender"] == 1, p["p_female"], spread=p.get(SPREAD))["check"]
             test_rows.append({"architecture": arch, "set": "test split (in domain)", "model": f"exported: {source[0]}",
                               "faces": len(p), "gender accuracy (%)": f"{100 * correct.mean():.1f}",
-                              "age MAE (years)": f"{(p['pred_age'] - p['age']).abs().mean():.2f}"})
+                              "age MAE (years)": f"{(p['pred_age'] - p['age']).abs().mean():.2f}",
+                              f"{DEFAULT_COVERAGE:.0%} interval coverage (%)": "—" if "coverage" not in held else
+                              f"{100 * held['coverage']['mean']:.1f} (held-out halves)"})
     doc.table(pd.DataFrame(test_rows + headline_rows(scored)).fillna("—"))
     groups = group_rows(scored)
     if len({(g["set"], g["group"]) for g in groups}) > len({g["set"] for g in groups}):

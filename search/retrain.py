@@ -18,6 +18,7 @@ import torch
 from ray import tune
 
 from data_utils.dataset import Faces
+from experiments.calibration import SPREAD
 from experiments.config import TrainConfig
 from experiments.device import resolve_precision
 from experiments.objective import METRIC, objective, predicted_female
@@ -104,10 +105,10 @@ def final_predictions(checkpoint_file: Path, epochs: int, test: Faces) -> pd.Dat
         raise RuntimeError(f"the kept checkpoint is from epoch {ckpt['epoch']}, not the final epoch {epochs}")
     model, cfg = load_model(ckpt, "cpu")
     # scored in the precision the run trained in, as the device here computes it
-    age, prob = predict(model, test.images, precision=resolve_precision(cfg.precision, torch.device("cpu"),
-                                                                        cfg.channels_last, cfg.arch, cfg.image_size))
+    age, prob, spread = predict(model, test.images, with_spread=True, precision=resolve_precision(
+        cfg.precision, torch.device("cpu"), cfg.channels_last, cfg.arch, cfg.image_size))
     return pd.DataFrame({"name": test.names, "age": test.ages.numpy(), "gender": test.genders.numpy(),
-                         "pred_age": age.numpy(), "p_female": prob.numpy()})
+                         "pred_age": age.numpy(), "p_female": prob.numpy(), SPREAD: spread.numpy()})
 
 
 def collect(grid, configs: list[dict[str, Any]], test: Faces) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -166,6 +167,8 @@ def ensemble_predictions(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame
     mean = frames[0][["name", "age", "gender"]].copy()
     mean["pred_age"] = np.mean([f["pred_age"].to_numpy() for f in frames], axis=0)
     mean["p_female"] = np.mean([f["p_female"].to_numpy() for f in frames], axis=0)
+    if all(SPREAD in f for f in frames):
+        mean[SPREAD] = np.mean([f[SPREAD].to_numpy() for f in frames], axis=0)
     return members, mean
 
 

@@ -69,3 +69,28 @@ def test_calibrate_checks_itself_on_halves():
     assert c["halfwidth"] == pytest.approx(conformal_halfwidth(np.abs(age - pred), 0.9), abs=1e-3)
     assert abs(c["check"]["coverage"]["mean"] - 0.9) < 0.02
     assert c["check"]["ece_after"]["mean"] < c["check"]["ece_before"]["mean"]
+
+
+def test_the_spread_scaled_interval_holds_its_coverage_under_a_synthetic_shift():
+    """Faces whose error grows with their views' spread; out of domain every spread is 1.6× larger and the errors
+    with it. The fixed-width interval keeps 90% in domain and loses it outside; the scaled one keeps both."""
+    from experiments.calibration import halfwidths
+
+    rng = np.random.default_rng(0)
+
+    def faces(n, shift):
+        spread = rng.uniform(0.5, 3.0, n) * shift
+        pred = rng.uniform(5, 80, n)
+        return pred + rng.normal(0, 2.0 * spread), pred, spread
+
+    age, pred, spread = faces(4000, 1.0)
+    fixed = calibrate(age, pred, np.zeros(4000, bool), np.full(4000, 0.3), 0.9, splits=0)
+    scaled = calibrate(age, pred, np.zeros(4000, bool), np.full(4000, 0.3), 0.9, splits=20, spread=spread)
+    assert 0.88 <= scaled["check"]["coverage"]["mean"] <= 0.92
+    for shift, lo, hi in ((1.0, 0.88, 0.92), (1.6, 0.85, 0.95)):
+        a, p, s = faces(4000, shift)
+        inside = lambda half: float(np.mean(np.abs(a - p) <= half))  # noqa: E731
+        assert lo <= inside(halfwidths(scaled, 0.9, s)) <= hi, shift
+        if shift > 1:
+            assert inside(halfwidths(fixed, 0.9, s)) < 0.8  # a fixed width, no spread: far below the promise
+    assert halfwidths(scaled, 0.9) == halfwidths(fixed, 0.9)  # without spreads, the fixed width

@@ -149,3 +149,26 @@ def test_ensemble_averages_ages_and_probabilities():
     from models.heads import mean_probability_logit
     assert torch.isfinite(mean_probability_logit(extreme)).all()
     torch.testing.assert_close(torch.sigmoid(mean_probability_logit(extreme)), torch.tensor([1.0, 0.5]))  # rows: members
+
+
+def test_the_spread_is_the_views_standard_deviation_and_the_ensemble_averages_it():
+    from models import Ensemble
+
+    torch.manual_seed(0)
+    members = [build_model(cfg(arch="scratch", depth=2, base_width=8, tta_flip=True, tta_zoom=0.1)).eval()
+               for _ in range(2)]
+    for m in members:
+        torch.nn.init.normal_(m.heads.age.weight)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        for m in members:
+            age, logit, spread = m.forward_with_spread(x)
+            views = torch.stack([m.outputs(v)[0] for v in m.views(x)])
+            torch.testing.assert_close(age, m(x)[0])
+            torch.testing.assert_close(spread, views.std(0))
+            assert spread.min() > 0
+        both = Ensemble(members).forward_with_spread(x)
+        torch.testing.assert_close(both[2], torch.stack([m.forward_with_spread(x)[2] for m in members]).mean(0))
+        torch.testing.assert_close(both[0], Ensemble(members)(x)[0])
+        members[0].tta_flip, members[0].tta_zoom = False, 0.0  # one view: no spread to measure
+        assert members[0].forward_with_spread(x)[2].abs().max() == 0

@@ -47,14 +47,17 @@ def test_pytorch_onnx_and_torchscript_agree_on_real_faces(exported, data_dir):
     x = torch.stack([decode_face(p.read_bytes(), cfg.image_size)[0] for p in real_faces(data_dir, 20, 1000)]).float() / 255
     temperature = json.loads((out / "calibration.json").read_text())["temperature"]
     with torch.no_grad():
-        age, logit = model(x)
+        age, logit, spread = model.forward_with_spread(x)
     prob = torch.sigmoid(logit / temperature).numpy()  # the exported P(female) is temperature-scaled
-    onnx_age, onnx_prob = ort.InferenceSession(str(out / "model.onnx")).run(None, {"image": x.numpy()})
-    ts_age, ts_prob = torch.jit.load(str(out / "model.torchscript.pt"))(x)
+    onnx_age, onnx_prob, onnx_spread = ort.InferenceSession(str(out / "model.onnx")).run(None, {"image": x.numpy()})
+    ts_age, ts_prob, ts_spread = torch.jit.load(str(out / "model.torchscript.pt"))(x)
     np.testing.assert_allclose(onnx_age, age.numpy(), atol=1e-3)
     np.testing.assert_allclose(onnx_prob, prob, atol=1e-3)
+    np.testing.assert_allclose(onnx_spread, spread.numpy(), atol=1e-3)
     np.testing.assert_allclose(ts_age.detach().numpy(), age.numpy(), atol=1e-4)
     np.testing.assert_allclose(ts_prob.detach().numpy(), prob, atol=1e-5)
+    np.testing.assert_allclose(ts_spread.detach().numpy(), spread.numpy(), atol=1e-4)
+    assert spread.min() > 0  # the ensemble's views disagree a little on every face
 
 
 def test_export_refuses_a_folder_that_is_not_an_experiment(tmp_path):
@@ -232,9 +235,10 @@ def test_predict_on_a_photo_detects_aligns_and_draws(exported, tmp_path):
     assert len(face["landmarks"].split()) == 10
     assert face["age_low"] <= face["age"] <= face["age_high"] and 0 <= face["p_female"] <= 1
     stored = json.loads((out / "calibration.json").read_text())
-    from experiments.calibration import conformal_halfwidth
+    from experiments.calibration import halfwidths
 
-    half = conformal_halfwidth(stored["abs_errors"], 0.8)
+    assert stored["scaled"]["scores"] and face["age_spread"] > 0  # the interval is scaled by the views' spread
+    half = halfwidths(stored, 0.8, face["age_spread"])
     assert face["age_high"] - face["age"] == pytest.approx(half, abs=1e-4)
     drawn = Image.open(tmp_path / "drawn" / "astronaut.jpg")
     assert drawn.size == (512, 512)
@@ -280,7 +284,7 @@ def test_a_trained_model_sees_an_adult_woman_in_the_packaged_photo(data_dir, tmp
     model, cfg = load_model(torch.load(run / "best.pt", weights_only=True))
     photo = tmp_path / "astronaut.jpg"
     Image.fromarray(data.astronaut()).save(photo)
-    [(path, faces, ages, p_females)] = predict_photos(Exported(model).eval(), [photo], cfg.image_size, DEFAULT_DETECTOR)
+    [(path, faces, ages, p_females, _)] = predict_photos(Exported(model).eval(), [photo], cfg.image_size, DEFAULT_DETECTOR)
     assert path == photo and len(faces) == 1
     assert p_females[0] > 0.5, f"P(female) {p_females[0]:.2f}"
     assert 20 < ages[0] < 60, f"age {ages[0]:.1f}"
