@@ -27,8 +27,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from data_utils.cache import decode_file  # noqa: E402
-from data_utils.dataset import SPLIT_FILE, resolve_data_dir  # noqa: E402
+from data_utils.dataset import SPLIT_FILE, resolve_sources  # noqa: E402
 from data_utils.scan import ScanReport, list_files  # noqa: E402
+from data_utils.sources import is_labels_file, join_sources, scan_sources, split_sources  # noqa: E402
 from experiments.calibration import DEFAULT_COVERAGE, SPREAD, calibrate  # noqa: E402
 from experiments.train import load_model  # noqa: E402
 from models import Ensemble  # noqa: E402
@@ -70,7 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--single", action="store_true",
                    help="export the marked single model, not the ensemble of the top configuration's retrained seeds")
     p.add_argument("--out", default=None, help="export folder (default: <experiment>/export/<arch>)")
-    p.add_argument("--data", default=None, help="face crops for the ONNX check (default: the experiment's data folder)")
+    p.add_argument("--data", default=None,
+                   help="face crops (a folder or a labels CSV) for the ONNX check (default: the experiment's data)")
     p.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE,
                    help=f"the age interval's coverage that predict uses by default (default: {DEFAULT_COVERAGE})")
     return p
@@ -112,10 +114,19 @@ def load_checkpoint(experiment: Path, arch: str, entry: dict) -> dict:
                           "with `--stage retrain` or restore the file") from None
 
 
-def check_images(data_dir: Path, image_size: int, names: list[str]) -> torch.Tensor:
-    """Up to CHECK_IMAGES real crops (test-split names first), as float N×3×S×S in [0, 1]."""
-    # dict.fromkeys keeps the order and drops the test images' second appearance in the folder listing
-    candidates = dict.fromkeys([data_dir / n for n in names] + list_files(data_dir, ScanReport(str(data_dir))))
+def check_images(sources: str, image_size: int, names: list[str]) -> torch.Tensor:
+    """Up to CHECK_IMAGES real crops (test-split names first) of the data sources (``data_utils.sources``: folders
+    or labels CSVs), as float N×3×S×S in [0, 1]."""
+    paths: list[Path] = []
+    for source in split_sources(sources):
+        source = Path(source)
+        if is_labels_file(source):
+            paths += [Path(f.path) for f in scan_sources(source)[0]]
+        else:
+            paths += list_files(source, ScanReport(str(source)))
+    by_name = {p.name: p for p in paths}
+    # dict.fromkeys keeps the order and drops the test images' second appearance in the listing
+    candidates = dict.fromkeys([by_name[Path(n).name] for n in names if Path(n).name in by_name] + paths)
     images = []
     for path in candidates:
         if len(images) == CHECK_IMAGES:
@@ -124,7 +135,7 @@ def check_images(data_dir: Path, image_size: int, names: list[str]) -> torch.Ten
         if tensor is not None:
             images.append(tensor)
     if not images:
-        raise ExportError(f"no decodable face crops in {data_dir} to check the export on; pass --data DIR")
+        raise ExportError(f"no decodable face crops in {sources} to check the export on; pass --data DIR")
     return torch.stack(images).float() / 255
 
 
@@ -195,7 +206,7 @@ def main(args: argparse.Namespace) -> int:
             model, cfg = Ensemble([m for m, _ in members]).eval(), members[0][1]
         else:
             model, cfg = load_model(load_checkpoint(experiment, arch, entry), "cpu")
-        data_dir = resolve_data_dir(args.data or cfg.data_dir)
+        sources = join_sources(resolve_sources(args.data or cfg.data_dir))
         split_file = experiment / SPLIT_FILE
         run = next((r for r in manifest.require(experiment, arch, "retrain")["runs"]
                     if r["trial_id"] == entry["trial_id"]), {})
@@ -205,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
                               f"{experiment / manifest.MANIFEST_FILE}, are missing; rerun the retraining with "
                               "`--stage retrain`")
         held_out = pd.read_csv(predictions)
-        images = check_images(data_dir, cfg.image_size, held_out["name"].tolist())
+        images = check_images(sources, cfg.image_size, held_out["name"].tolist())
     except (ExportError, manifest.ManifestError, FileNotFoundError, NotADirectoryError, PermissionError,
             ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

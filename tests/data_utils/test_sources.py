@@ -10,7 +10,7 @@ import pytest
 
 from data_utils.dataset import load_faces
 from data_utils.sources import AgeRangeError, join_sources, parse_age, read_labels_csv, scan_sources, split_sources
-from tests.conftest import copy_real, run_cli
+from conftest import copy_real, run_cli
 
 AAF = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "aaf-2k"
 

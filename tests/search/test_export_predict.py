@@ -1,5 +1,6 @@
 """Export round trip (PyTorch, ONNX, TorchScript agree on real faces) and prediction on good and bad files."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -382,3 +383,18 @@ def test_export_to_an_existing_file_is_a_one_line_error(tiny_search, tmp_path):
     result = run_cli("--experiment", folder, "--out", tmp_path / "model", script="search/export.py")
     assert result.returncode == 2 and "is a file; name a folder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and (tmp_path / "model").read_text() == "mine"
+
+
+def test_the_export_check_reads_crops_from_a_labels_csv_and_a_folder(data_dir, tmp_path):
+    from search.export import check_images
+
+    photos = tmp_path / "photos"
+    names = [p.name for p in real_faces(data_dir, 6)]
+    copy_real(data_dir, photos, names)
+    (photos / "labels.csv").write_text("file,age,gender\n" + "".join(f"{n},30,male\n" for n in names[:3]))
+    folder = tmp_path / "crops"
+    copy_real(data_dir, folder, names[3:])
+    images = check_images(f"{photos / 'labels.csv'}{os.pathsep}{folder}", 32, [names[4], names[1]])
+    assert images.shape == (6, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    first = decode_face((data_dir / names[4]).read_bytes(), 32)[0].float() / 255
+    torch.testing.assert_close(images[0], first)  # the test split's names come first

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_real, run_cli
+from conftest import copy_real, run_cli
 
 AAF = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "aaf-2k"
 
