@@ -8,6 +8,7 @@ search's first-ranked configuration (ranked on validation) with the seed whose f
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,22 @@ def ensemble_predictions(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame
     if all(SPREAD in f for f in frames):
         mean[SPREAD] = np.mean([f[SPREAD].to_numpy() for f in frames], axis=0)
     return members, mean
+
+
+def restorable(experiment_dir: str, trainable=retrain_trial) -> bool:
+    """Whether the retraining at ``experiment_dir`` can be resumed. A state in which no trial has a result with its
+    (rank, seed) (Tune saved it as the stage started, before its grid gave the trials their configs) holds nothing
+    to resume: it is removed, and the retraining starts again."""
+    if not tune.Tuner.can_restore(experiment_dir):
+        return False
+    results = tune.Tuner.restore(experiment_dir, trainable=trainable).get_results()
+    configs = [r.config for r in results if r.config]  # a trial with no result yet has none
+    if configs and all("rank" in c and "seed" in c for c in configs):
+        return True
+    if "://" in experiment_dir:  # a remote state is left to its owner; Tune starts a new one beside it
+        return False
+    shutil.rmtree(experiment_dir, ignore_errors=True)
+    return False
 
 
 def make_retrain_tuner(experiment_dir: str, data: RetrainData, seeds: list[int], cpus: float, gpus: float,

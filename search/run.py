@@ -318,15 +318,15 @@ def run_retrain(s: RunSettings, arch: str, data, gpus_per_trial: float, concurre
 
     from search import interrupts, manifest, ray_processes, storage
     from search.results import best_configs, read_trials
-    from search.retrain import RetrainData, collect, make_retrain_tuner, write_retrain_outputs
+    from search.retrain import RetrainData, collect, make_retrain_tuner, restorable, write_retrain_outputs
 
     search = manifest.require(s.root, arch, "search")
     trials = read_trials(manifest.locate(s.root, search["trials_csv"]))
     top_k, n_seeds = s.retrain_top_k, s.retrain_seeds
     experiment = s.experiment_dir(f"{arch}-retrain")
-    resume = tune.Tuner.can_restore(experiment)
-    if resume and (note := storage.recover_state(experiment)):
+    if tune.Tuner.can_restore(experiment) and (note := storage.recover_state(experiment)):
         print(f"note: {note}")
+    resume = restorable(experiment)
     ranked = best_configs(trials, data.base_config, k=s.retrain_top_k)
     stopper = None
     if s.budget_s is not None:
