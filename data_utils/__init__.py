@@ -1,4 +1,5 @@
-"""Reading, checking, splitting, caching and augmenting UTKFace crops."""
+"""Reading, checking, splitting, caching and augmenting labelled faces; detecting and aligning faces in photos
+(``photos``)."""
 from data_utils.dataset import Faces, NoUsableImagesError, Split, load_faces, make_split, resolve_data_dir
 from data_utils.scan import LabelError, ScanReport, age_band, parse_name, scan_folder
 

@@ -1,7 +1,7 @@
 """Labelled sets as models see them: each labelled file's face, decoded (crops) or detected and aligned (photos).
 
-A set is a folder or a labels CSV (``data_utils.sources``). It is read the way ``search/predict.py`` reads images:
-as crops when most files have UTKFace names, else each photo's face found and aligned (``data_utils.faces``),
+A set is a folder or a labels CSV (``data_utils.sources``). It is read the way ``search/serve/predict.py`` reads images:
+as crops when most files have UTKFace names, else each photo's face found and aligned (``data_utils.photos``),
 keeping the most confident face, the one a label is about. Detection is the slow part, so the prepared faces are
 kept in the tensor cache, keyed by the set's contents, the size and the detector.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from data_utils.cache import DecodeError, decode_file, decode_workers, default_cache_dir, write_atomic
-from data_utils.faces import DEFAULT_DETECTOR, are_crops, check_detector, photo_faces, subject_face
+from data_utils.photos import DEFAULT_DETECTOR, are_crops, check_detector, photo_faces, subject_face
 from data_utils.scan import FaceFile
 from data_utils.sources import scan_sources
 

@@ -173,4 +173,4 @@ def refuse_ranges(files: list[FaceFile], where: str) -> None:
         raise AgeRangeError(
             f"{where} gives {len(ranged)} of {len(files)} ages as ranges (e.g. {ranged[0].name}: {lo}-{hi}); training "
             "needs one age per face, since the age loss and the calibration compare exact years. Ranges are "
-            "accepted for scoring: pass the file to search/run.py --ood or search/predict.py --evaluate")
+            "accepted for scoring: pass the file to search/run.py --ood or search/serve/predict.py --evaluate")

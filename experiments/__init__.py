@@ -1,1 +1,2 @@
-"""Training one configuration, its config and objective, presets and benchmarks."""
+"""Training one configuration (``train``), its typed config, the objective, the export folder's format, the
+evaluation statistics and the benchmarks."""

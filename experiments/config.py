@@ -81,8 +81,8 @@ class TrainConfig:
     aug_jpeg: float = 0.0  # probability of a JPEG re-compression (quality 30–90)
     mixup_alpha: float = 0.0  # > 0: blend each batch with a shuffled copy, λ ~ Beta(α, α); labels mixed alike
     tta_flip: bool = True  # evaluation averages each face and its mirror (validation, test, export, predict); −0.25 MAE
-    # > 0: evaluation also averages the face zoomed in and out by this fraction (models.heads.zoom_views); None:
-    # the architecture's measured choice (models.heads.TTA_ZOOM: 0.1 for the pretrained model, off for scratch)
+    # > 0: evaluation also averages the face zoomed in and out by this fraction (models.views.zoom_views); None:
+    # the architecture's measured choice (models.views.TTA_ZOOM: 0.1 for the pretrained model, off for scratch)
     tta_zoom: float | None = None
     # run
     seed: int = 0

@@ -10,30 +10,28 @@ device (bf16 autocast where the hardware computes bf16 natively, channels_last).
 import os
 import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(sys.path[0])  # import the project's packages, not sibling files
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Iterator  # noqa: E402
+import argparse
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from data_utils.augment import augment_batch  # noqa: E402
-from data_utils.dataset import SPLIT_FILE, Faces, NoUsableImagesError, Split, load_faces, make_split  # noqa: E402
-from data_utils.sources import join_sources  # noqa: E402
-from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
-from experiments.objective import METRIC, gender_accuracy, objective, predicted_female  # noqa: E402
-from experiments.device import Precision, eval_batch_size, resolve_device, resolve_precision  # noqa: E402,F401  (resolve_device: re-exported)
-from experiments.ema import WeightEMA  # noqa: E402
-from models import AgeGenderNet, build_model, count_parameters  # noqa: E402
+from data_utils.augment import augment_batch
+from data_utils.dataset import SPLIT_FILE, Faces, NoUsableImagesError, Split, load_faces, make_split
+from data_utils.sources import join_sources
+from experiments.config import TrainConfig, load_config_file, parse_overrides
+from experiments.objective import METRIC, gender_accuracy, objective, predicted_female
+from experiments.device import Precision, eval_batch_size, resolve_device, resolve_precision  # noqa: F401  (resolve_device: re-exported)
+from experiments.ema import WeightEMA
+from models import AgeGenderNet, build_model, count_parameters
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -471,5 +469,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli() -> int:
+    """The ``facetune-train`` entry point."""
+    return main(get_args_parser().parse_args())
+
+
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(cli())

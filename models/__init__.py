@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from models.ensemble import Ensemble
-from models.heads import AgeGenderNet
+from models.net import AgeGenderNet
 from models.pretrained import build_pretrained
 from models.scratch import build_scratch
 

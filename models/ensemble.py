@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.heads import mean_probability_logit
+from models.views import mean_probability_logit
 
 
 class Ensemble(nn.Module):

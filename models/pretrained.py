@@ -6,7 +6,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models.heads import AgeGenderNet, resolved_tta_zoom
+from models.net import AgeGenderNet
+from models.views import resolved_tta_zoom
 from models.weights import load_state_dict
 
 

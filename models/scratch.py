@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.heads import AgeGenderNet, resolved_tta_zoom
+from models.net import AgeGenderNet
+from models.views import resolved_tta_zoom
 
 MAX_WIDTH = 512
 

@@ -17,26 +17,21 @@ import dataclasses
 import json
 import math
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray import tune
+from search.files import write_json
 
 BUDGET_FILE = "budget.json"
 NO_BUDGET = "none"  # --budget none: bounded by trials and epochs only (overrides a preset's budget)
 SEARCH_SHARE = 0.5  # of an architecture's share; the retraining gets what the search left
 SETUP_STAGE = "setup"  # the ledger's stage for reading the faces (a cold cache decodes them) and starting Ray
 # the driver's own start (Python and its imports), the stages' ends (Tune stopping its trials) and the report,
-# kept out of the stages' shares. Measured on 2 cores, the wall time outside the ledger's stages: 26 s in the main
-# job, 40 s in the scratch CNN's half-hour (which a 30 s reserve let overrun its budget by 1 s)
+# kept out of the stages' shares; on 2 cores that wall time outside the ledger's stages approaches this reserve
 REPORT_RESERVE_S = 40.0
-# A retraining run can take longer than the search's epoch times (scaled to train+validation) say: each wave starts
-# its runs' processes and data. Measured on 2 cores against the projection without this factor, since runs score
-# the test split once: 259 s for 265 s and 308 s for 295 s (0.98× and 1.04×, the main job) and 797 s for 782 s
-# (1.02×, the scratch CNN's half-hour). 1.05× keeps the run inside its budget with a margin; 1.1× (set when runs
-# scored the test split every epoch and the projection did not count it) left a retraining epoch of the main job
-# unused
+# A retraining run takes a little longer than the search's epoch times (scaled to train+validation) say: each
+# wave starts its runs' processes and data. The factor keeps the run inside its budget with a margin, without
+# leaving a retraining epoch unused (experiments/benchmarks/README.md)
 RETRAIN_PROJECTION_FACTOR = 1.05
 # the least an architecture's share can be: Ray's start, one trial of the smallest networks on a small subset and
 # one retraining run of it. A budget under min_budget_s is refused before any work
@@ -108,8 +103,6 @@ class Ledger:
         return sum(self.spent.values())
 
     def _write(self) -> None:
-        from search.manifest import write_json  # written then renamed: a failed write keeps the last good ledger
-
         write_json(self.path, {"budget_s": self.budget_s, "spent": self.spent, "limits": self.limits,
                                "retrain_epochs": self.retrain_epochs, "reserves": self.reserves})
 
@@ -154,91 +147,6 @@ class Ledger:
                    - self.spent.get(f"{arch}/retrain", 0))
 
 
-class BudgetStopper(tune.Stopper):
-    """Ends a stage's Tune experiment once the stage has spent the limit the ledger sets for it (earlier runs'
-    time included), and writes the time spent to the ledger with every reported epoch.
-
-    A search stage with a reserve in the ledger (``Ledger.set_reserve``) also ends when what is left of its
-    architecture's share would no longer hold one retraining run of the reserved length, projected like the
-    retraining's plan from the slowest trial's mean epoch times seen so far.
-
-    Tune pickles its stopper with the experiment, so the limit and the clock are read from the ledger when a
-    process first asks (never pickled): a resumed run counts from what was spent and obeys a changed budget.
-    """
-
-    def __init__(self, root: Path, stage: str):
-        self.root, self.stage = Path(root), stage
-        self._clock: tuple[float, float, float | None, dict | None] | None = None  # before, start, limit, reserve
-        self._times: dict[str, list[float]] = {}  # trial → sums of [whole epoch, training, scoring, epochs]
-        self._said = False
-
-    def __getstate__(self):
-        return {**self.__dict__, "_clock": None, "_times": {}, "_said": False}
-
-    def _start(self) -> tuple[float, float, float | None, dict | None]:
-        if self._clock is None:
-            ledger = Ledger(self.root)
-            self._clock = (ledger.spent.get(self.stage, 0.0), time.monotonic(), ledger.limits.get(self.stage),
-                           ledger.reserves.get(self.stage))
-        return self._clock
-
-    def elapsed(self) -> float:
-        before, start, _, _ = self._start()
-        return before + time.monotonic() - start
-
-    def observe(self, trial_id: str, result: dict) -> None:
-        """Count one reported epoch's times (the reserve's projection)."""
-        parts = [result.get(k) for k in ("time_this_iter_s", "epoch_seconds", "score_seconds")]
-        if parts[0] is None:
-            return
-        sums = self._times.setdefault(trial_id, [0.0, 0.0, 0.0, 0])
-        for i, value in enumerate(parts):
-            sums[i] += float(value) if value is not None else math.nan
-        sums[3] += 1
-
-    def reserved_seconds(self) -> float | None:
-        """The retraining run the search must leave room for, projected from the slowest trial; None before any
-        epoch is reported or without a reserve."""
-        reserve = self._start()[3]
-        if not reserve or not self._times:
-            return None
-        return max(project_run_seconds(it / n, int(reserve["epochs"]), reserve["scale"], ep / n, sc / n)
-                   for it, ep, sc, n in self._times.values())
-
-    def limit(self) -> float | None:
-        """What the stage may spend in all (earlier runs' time included); None where it has no limit."""
-        _, _, limit, reserve = self._start()
-        wave = self.reserved_seconds()
-        if limit is None or wave is None:
-            return limit
-        return max(0.0, min(limit, reserve["share_s"] - wave))
-
-    def seconds_left(self) -> float | None:
-        """What the stage may still spend; None where it has no limit."""
-        limit = self.limit()
-        return None if limit is None else limit - self.elapsed()
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        self.observe(trial_id, result)
-        Ledger(self.root).record(self.stage, self.elapsed())
-        return False
-
-    def stop_all(self) -> bool:
-        limit = self.limit()
-        if limit is None or self.elapsed() < limit:
-            return False
-        Ledger(self.root).record(self.stage, self.elapsed())  # the time the stage ended, not its last epoch's
-        _, _, base, reserve = self._start()
-        if reserve and limit < base and not self._said:
-            self._said = True
-            spent = self.elapsed()
-            print(f"{self.stage}: ends after {format_duration(spent)}, leaving "
-                  f"{format_duration(max(0.0, reserve['share_s'] - spent))} for the retraining: one run of "
-                  f"{reserve['epochs']} epochs (the shortest allowed) takes about "
-                  f"{format_duration(self.reserved_seconds())}", flush=True)
-        return True
-
-
 @dataclass(frozen=True)
 class RetrainPlan:
     configs: int
@@ -249,16 +157,14 @@ class RetrainPlan:
     epochs: int | None = None  # epochs of each retraining run (None: as configured)
 
 
-# Runs are never shortened to let more seeds in: on the validation split (experiments/benchmarks/seeds_epochs.py,
-# model B's found configuration at 64 px) 2 seeds of 8 epochs beat 4 of 6 and 4 of 5, which cost more (README,
-# "Seeds or epochs"). Only when not even one wave of full runs fits what is left are they shortened, down to this
-# fraction of their epochs: the budget is the user's.
+# Runs are never shortened to let more seeds in: on the validation split fewer, full-length seeds beat more,
+# shorter ones that cost more (experiments/benchmarks/seeds_epochs.py). Only when not even one wave of full runs
+# fits what is left are they shortened, down to this fraction of their epochs: the budget is the user's.
 MIN_EPOCH_FRACTION_TO_FIT = 0.5
 
-# Length pays before seeds, up to a point. In the same measurement 2 seeds of 16 epochs (objective 0.647) beat 4 of
-# 8 (0.748) at equal cost and 4 of 12 (0.690) at less, and 2 of 24 (0.706) were worse than 2 of 16: so runs are
-# lengthened up to MAX_EPOCH_FACTOR × their epochs before the time goes to further waves of seeds, and only runs at
-# least LONG_EPOCH_FACTOR × as long are shortened to let such waves in (4 seeds of 12 beat 2 of 12, 0.690 / 0.696)
+# Length pays before seeds, up to a point (the same benchmark): runs are lengthened up to MAX_EPOCH_FACTOR × their
+# epochs before the time goes to further waves of seeds, and only runs at least LONG_EPOCH_FACTOR × as long are
+# shortened to let such waves in
 MAX_EPOCH_FACTOR = 2.0
 LONG_EPOCH_FACTOR = 1.5
 
@@ -317,3 +223,34 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
         plan = dataclasses.replace(plan, note=f"one retraining run ({plan.seconds / plan.waves:.0f} s) is longer than "
                                               f"the {seconds_left:.0f} s left; it runs anyway")
     return plan
+
+
+def plan_search(ledger: Ledger, archs: tuple[str, ...], arch: str, epochs: int, train: int, val: int) -> float:
+    """Set ``arch``'s search limit in the ledger, and the reserve that keeps room for one wave of the retraining's
+    shortest runs where its share is too small for both stages; returns the limit."""
+    limit = ledger.search_limit(archs, arch)
+    ledger.set_limit(f"{arch}/search", limit)
+    ledger.set_reserve(f"{arch}/search", ledger.arch_share(archs, arch), shortest_retrain_epochs(epochs),
+                       retrain_scale(train, val))
+    return limit
+
+
+def plan_retrain_for(ledger: Ledger, archs: tuple[str, ...], arch: str, best_trial, epochs: int, train: int, val: int,
+                     concurrency: int, max_configs: int, max_seeds: int) -> tuple[RetrainPlan, str]:
+    """Plan ``arch``'s retraining in what its share has left, from the best search trial's epoch times (a row of
+    trials.csv), and write the planned epochs to the ledger; returns the plan and its one line.
+
+    The retraining has no limit in the ledger: it is planned to fit, its time recorded, a started run never cut.
+    """
+    left = ledger.retrain_seconds(archs, arch)
+    run_seconds = project_run_seconds(float(best_trial["iter_seconds"]), epochs, retrain_scale(train, val),
+                                      best_trial.get("epoch_seconds"), best_trial.get("score_seconds"))
+    plan = plan_retrain(left, run_seconds, concurrency, max_configs, max_seeds, epochs)
+    ledger.set_retrain_epochs(arch, plan.epochs)  # always: a new plan replaces an earlier one's epochs
+    how = ("lengthened to fill the budget" if plan.epochs > epochs else
+           "shortened as far as allowed" if plan.note else "shortened to fit")
+    line = (f"{arch}: {format_duration(left)} of the budget left for retraining; a run of {epochs} epochs takes "
+            f"about {format_duration(run_seconds)}: {plan.configs} configuration(s) × {plan.seeds} seed(s)"
+            + (f" of {plan.epochs} epochs ({how})" if plan.epochs != epochs else "")
+            + (f" ({plan.note})" if plan.note else ""))
+    return plan, line

@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("UTKFACE_DIR") or ROOT.parent / "shared" / "data" / "utkface-5k").resolve()
+SHARED_DATA = ROOT.parent / "shared" / "data"
+DATA_DIR = Path(os.environ.get("UTKFACE_DIR") or SHARED_DATA / "utkface-5k").resolve()
+AAF = SHARED_DATA / "aaf-2k"  # faces from outside UTKFace, for the out-of-domain tests
 
 
 def pytest_configure(config):
@@ -18,6 +20,16 @@ def pytest_configure(config):
     # and nothing is written to the user's ~/.cache.
     if "FACETUNE_CACHE" not in os.environ:
         os.environ["FACETUNE_CACHE"] = str(Path(config.rootpath) / ".cache" / "test-cache")
+
+
+# fixtures that run a search, a Ray cluster or a training: every test using one is in the slow tier
+SLOW_FIXTURES = {"tiny_search", "chain", "exported", "local_ray", "ood_sets", "small_disk"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +68,18 @@ def run_cli(*args, script="search/run.py", timeout=600, env=None):
 
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def run_main(capsys, *args) -> tuple[int, str]:
+    """search/run.py's ``main`` in this process, for refusals that come before any Ray start-up; returns the exit
+    code and what it wrote to stderr."""
+    from search.run import get_args_parser, main
+
+    try:
+        code = main(get_args_parser().parse_args(list(map(str, args))))
+    except SystemExit as exit:  # argparse refuses a bad choice itself
+        code = exit.code
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="session")

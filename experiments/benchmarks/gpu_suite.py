@@ -13,15 +13,13 @@ retraining and report; (4) an export of the marked model with the ONNX/TorchScri
 import os
 import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
             step.setdefault("results", []).append(line.strip())
     report["steps"]["packed_search_retrain_report"] = step
 
-    code, seconds, out = run([py, "search/export.py", "--experiment", str(experiment)], work / "export.log", 180)
+    code, seconds, out = run([py, "search/serve/export.py", "--experiment", str(experiment)], work / "export.log", 180)
     report["steps"]["export"] = {"rc": code, "seconds": seconds, **(json.loads(out) if code == 0 else {})}
     report["total_seconds"] = round(sum(s.get("seconds", 0) for s in report["steps"].values()), 1)
     text = json.dumps(report, indent=2)

@@ -10,19 +10,16 @@ the parts as views; ``private`` ships the tensors as they were shipped before (p
 process) and takes the parts as copies. ``--repeat`` tiles the faces in memory to reach the full UTKFace's
 size (23,707 files) from the 5k subset: 4,980 × 5 = 24,900 faces.
 """
-import os
 import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 
-import torch  # noqa: E402
+import torch
 
-from data_utils.dataset import Faces, load_faces, make_split  # noqa: E402
-from experiments.config import TrainConfig  # noqa: E402
+from data_utils.dataset import Faces, load_faces, make_split
+from experiments.config import TrainConfig
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,7 +45,7 @@ def smaps() -> dict[str, int]:
 
 
 def trial_memory(payload, split, shared: bool) -> dict[str, int]:
-    """What a trial holds once its data is ready (search.trainable.restored_trainer up to the model)."""
+    """What a trial holds once its data is ready (search.hpo.trainable.restored_trainer up to the model)."""
     from experiments.train import TensorData, fit_parts
 
     torch.set_num_threads(1)

@@ -15,25 +15,23 @@ so the calibration can be studied on them without training again.
 import os
 import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from data_utils.labelled import read_set, set_names  # noqa: E402
-from experiments.benchmarks.ablation import bootstrap_diff  # noqa: E402
-from experiments.benchmarks.parallel import emit, run_each  # noqa: E402
-from experiments.benchmarks.precision_quality import paired  # noqa: E402
-from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
-from experiments.device import device_name, resolve_device  # noqa: E402
-from experiments.objective import predicted_female  # noqa: E402
-from experiments.train import TensorData, Trainer, fit_parts, predict, prepare_data  # noqa: E402
+from data_utils.labelled import read_set, set_names
+from experiments.benchmarks.ablation import bootstrap_diff
+from experiments.benchmarks.parallel import emit, run_each
+from experiments.benchmarks.precision_quality import paired
+from experiments.config import TrainConfig, load_config_file, parse_overrides
+from experiments.device import device_name, resolve_device
+from experiments.objective import predicted_female
+from experiments.train import TensorData, Trainer, fit_parts, predict, prepare_data
 
 PHOTOMETRIC = {"aug_color": 0.3, "aug_grey": 0.1, "aug_blur": 0.2, "aug_jpeg": 0.3}
 GEOMETRIC = {"aug_rotate": 15.0, "aug_shift": 0.12, "aug_scale": 0.15}

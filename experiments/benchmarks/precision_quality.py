@@ -8,19 +8,17 @@ Prints mean ± std per precision, and the paired bf16 − fp32 difference with a
 import os
 import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import time
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from experiments.config import TrainConfig, parse_overrides  # noqa: E402
-from experiments.device import device_name, resolve_device  # noqa: E402
-from experiments.train import TensorData, Trainer, fit_parts, prepare_data, score  # noqa: E402
+from experiments.config import TrainConfig, parse_overrides
+from experiments.device import device_name, resolve_device
+from experiments.train import TensorData, Trainer, fit_parts, prepare_data, score
 
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # t quantiles by dof
 

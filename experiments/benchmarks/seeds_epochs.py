@@ -13,23 +13,21 @@ costs; rows of equal cost (seeds × epochs) are the comparison the planner makes
 import os
 import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from experiments.benchmarks.ablation import per_image  # noqa: E402
-from experiments.benchmarks.parallel import emit, run_each  # noqa: E402
-from experiments.config import TrainConfig, load_config_file, parse_overrides  # noqa: E402
-from experiments.device import device_name, resolve_device  # noqa: E402
-from experiments.objective import objective  # noqa: E402
-from experiments.train import Trainer, fit_parts, predict, prepare_data  # noqa: E402
+from experiments.benchmarks.ablation import per_image
+from experiments.benchmarks.parallel import emit, run_each
+from experiments.config import TrainConfig, load_config_file, parse_overrides
+from experiments.device import device_name, resolve_device
+from experiments.objective import objective
+from experiments.train import Trainer, fit_parts, predict, prepare_data
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -15,22 +15,20 @@ faces at each of ``--eval-batches``, interleaved the same way, against the devic
 import os
 import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import subprocess
+import time
 
-import torch  # noqa: E402
+import torch
 
-from data_utils.augment import augment_batch  # noqa: E402
-from experiments.config import TrainConfig, parse_overrides  # noqa: E402
-from experiments.device import (Precision, device_name, eval_batch_size, fp32_nchw, resolve_device,  # noqa: E402
+from data_utils.augment import augment_batch
+from experiments.config import TrainConfig, parse_overrides
+from experiments.device import (Precision, device_name, eval_batch_size, fp32_nchw, resolve_device,
                                 resolve_precision)
-from experiments.train import loss_terms, make_optimizer, predict, to_input  # noqa: E402
-from models import build_model, count_parameters  # noqa: E402
+from experiments.train import loss_terms, make_optimizer, predict, to_input
+from models import build_model, count_parameters
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -8,32 +8,29 @@ trials: of the checkpoints given, each configuration's last one counts if it ran
 and is scored on the validation split of ``split.json`` (a search's trials trained on the train split only; the
 test split is not read).
 Each face is scored with its mirror as configured (``tta_flip``) and, for ``tta_zoom`` > 0, zoomed in and out by
-that fraction (``models.heads.zoom_views``). Each zoom is compared with the first one given (the baseline),
+that fraction (``models.views.zoom_views``). Each zoom is compared with the first one given (the baseline),
 paired by model: the mean difference with a 95% t-interval over models, and a 95% bootstrap interval over
 validation faces (the models' differences averaged per face, faces resampled). Identical models (CPU training is
 deterministic, so a configuration tried twice trains the same weights) are counted once.
 """
-import os
 import sys
 
-if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = os.path.dirname(os.path.dirname(sys.path[0]))
 
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import hashlib
+import json
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from data_utils.dataset import Split, load_faces  # noqa: E402
-from experiments.benchmarks.ablation import bootstrap_diff, per_image  # noqa: E402
-from experiments.benchmarks.parallel import emit  # noqa: E402
-from experiments.benchmarks.precision_quality import paired  # noqa: E402
-from experiments.device import device_name  # noqa: E402
-from experiments.objective import objective  # noqa: E402
-from experiments.train import load_model, predict  # noqa: E402
+from data_utils.dataset import Split, load_faces
+from experiments.benchmarks.ablation import bootstrap_diff, per_image
+from experiments.benchmarks.parallel import emit
+from experiments.benchmarks.precision_quality import paired
+from experiments.device import device_name
+from experiments.objective import objective
+from experiments.train import load_model, predict
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -156,7 +156,7 @@ def test_a_16_bit_image_is_scaled_to_8_bits_in_training_and_in_predict(tmp_path)
     from PIL import Image
 
     from data_utils.cache import decode_face
-    from data_utils.faces import load_photo
+    from data_utils.photos import load_photo
 
     data = png16(level=32768)  # mid-grey: 128 of 255
     assert Image.open(__import__("io").BytesIO(data)).mode.startswith("I;16")
@@ -181,7 +181,7 @@ def test_one_pixel_limit_and_one_reason_for_training_and_predict(tmp_path, monke
 
     from data_utils import cache
     from data_utils.cache import DecodeError, decode_face
-    from data_utils.faces import load_photo
+    from data_utils.photos import load_photo
 
     def png(size):
         buf = io.BytesIO()
@@ -206,7 +206,7 @@ def test_one_pixel_limit_and_one_reason_for_training_and_predict(tmp_path, monke
 
 def test_a_folder_given_as_an_image_is_not_a_file(tmp_path):
     from data_utils.cache import DecodeError, decode_file
-    from data_utils.faces import read_photo
+    from data_utils.photos import read_photo
 
     (tmp_path / "album").mkdir()
     assert decode_file(tmp_path / "album", 32) == (None, [], "not_a_file")

@@ -10,9 +10,8 @@ import pytest
 
 from data_utils.dataset import load_faces
 from data_utils.sources import AgeRangeError, join_sources, parse_age, read_labels_csv, scan_sources, split_sources
-from conftest import copy_real, run_cli
+from conftest import AAF, copy_real, run_cli
 
-AAF = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "aaf-2k"
 
 
 def real_names(data_dir: Path, n: int) -> list[str]:
@@ -116,7 +115,7 @@ def test_two_sources_with_a_shared_face_keep_it_once(data_dir, tmp_path):
     joined = join_sources([crops, csv_path])
     assert split_sources(joined) == [str(crops.resolve()), str(csv_path.resolve())]
     result = run_cli("--data", crops, "--data", csv_path, "--json", "--image-size", "32", "--cache-dir",
-                     tmp_path / "cache", script="data_utils/inspect.py")
+                     tmp_path / "cache", script="data_utils/inspect_data.py")
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert shown["usable"] == 59 and len(shown["sources"]) == 2 and shown["across_sources_dropped"] == 11

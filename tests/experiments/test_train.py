@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from data_utils.dataset import make_split
 from experiments.config import TrainConfig
 from experiments.train import (NonFiniteLossError, Trainer, fit_parts, load_model, mixup_draw, prepare_data, score,
                                TensorData)
@@ -20,6 +21,14 @@ def small(data_dir):
     cfg = TrainConfig.from_dict({**SMALL, "data_dir": str(data_dir)})
     faces, split = prepare_data(cfg)
     return cfg, faces, split
+
+
+@pytest.fixture(scope="module")
+def few(small):
+    """The same faces split down to 300: for tests of what training does, not of how well it learns."""
+    cfg, faces, _ = small
+    cfg = TrainConfig.from_dict({"max_images": 300}, cfg)
+    return cfg, faces, make_split(faces, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_images)
 
 
 def test_three_epochs_beat_the_constant_predictor(small):
@@ -36,9 +45,9 @@ def test_three_epochs_beat_the_constant_predictor(small):
     assert last["val_gender_acc"] > majority + 0.03
 
 
-def test_a_final_retraining_scores_its_held_out_part_after_the_last_epoch_only(small):
-    cfg, faces, split = small
-    cfg = TrainConfig.from_dict({"epochs": 3, "max_images": 300}, cfg)
+def test_a_final_retraining_scores_its_held_out_part_after_the_last_epoch_only(few):
+    cfg, faces, split = few
+    cfg = TrainConfig.from_dict({"epochs": 3}, cfg)
     train, test = fit_parts(faces, split, cfg)
     every = list(Trainer(cfg, train, test, held_out="test").epochs())
     last_only = list(Trainer(cfg, train, test, held_out="test", score_each_epoch=False).epochs())
@@ -54,9 +63,9 @@ def test_a_final_retraining_scores_its_held_out_part_after_the_last_epoch_only(s
     assert all(math.isfinite(m["objective"]) for m in Trainer(plateau, train, test, score_each_epoch=False).epochs())
 
 
-def test_checkpoint_is_plain_and_resumes_exactly(small, tmp_path):
-    cfg, faces, split = small
-    cfg = TrainConfig.from_dict({"epochs": 2, "max_images": 300}, cfg)
+def test_checkpoint_is_plain_and_resumes_exactly(few, tmp_path):
+    cfg, faces, split = few
+    cfg = TrainConfig.from_dict({"epochs": 2}, cfg)
     train, val = fit_parts(faces, split, cfg)
     straight = Trainer(cfg, train, val)
     full = list(straight.epochs())
@@ -80,9 +89,9 @@ def test_checkpoint_is_plain_and_resumes_exactly(small, tmp_path):
     assert score(model, data, 0.5) == pytest.approx(score(first.model, data, 0.5))
 
 
-def test_mixup_and_erasing_change_training_and_resume_exactly(small, tmp_path):
-    cfg, faces, split = small
-    plain = TrainConfig.from_dict({"epochs": 2, "max_images": 300}, cfg)
+def test_mixup_and_erasing_change_training_and_resume_exactly(few, tmp_path):
+    cfg, faces, split = few
+    plain = TrainConfig.from_dict({"epochs": 2}, cfg)
     cfg = TrainConfig.from_dict({"mixup_alpha": 0.4, "aug_erase": 0.5}, plain)
     train, val = fit_parts(faces, split, cfg)
     full = list(Trainer(cfg, train, val).epochs())
@@ -104,18 +113,17 @@ def test_mixup_draws_a_larger_share_and_a_permutation():
         assert 0.5 <= lam <= 1 and sorted(partner.tolist()) == list(range(16))
 
 
-def test_divergence_raises_a_clear_error(small):
-    cfg, faces, split = small
-    cfg = TrainConfig.from_dict({"optimizer": "sgd", "lr": 1e12, "grad_clip": 0.0, "max_images": 200, "epochs": 3}, cfg)
+def test_divergence_raises_a_clear_error(few):
+    cfg, faces, split = few
+    cfg = TrainConfig.from_dict({"optimizer": "sgd", "lr": 1e12, "grad_clip": 0.0, "epochs": 3}, cfg)
     train, val = fit_parts(faces, split, cfg)
     with pytest.raises(NonFiniteLossError, match="diverged"):
         list(Trainer(cfg, train, val).epochs())
 
 
-def test_pretrained_unfreezes_on_schedule(small):
-    cfg, faces, split = small
-    cfg = TrainConfig.from_dict({"arch": "pretrained", "unfreeze_epoch": 1, "epochs": 2, "max_images": 200,
-                                 "image_size": 64}, cfg)
+def test_pretrained_unfreezes_on_schedule(few):
+    cfg, faces, split = few
+    cfg = TrainConfig.from_dict({"arch": "pretrained", "unfreeze_epoch": 1, "epochs": 2, "image_size": 64}, cfg)
     train, val = fit_parts(faces, split, cfg)
     trainer = Trainer(cfg, train, val)
     frozen_weight = trainer.model.backbone[0][0].weight.detach().clone()
@@ -166,9 +174,9 @@ def test_distribution_loss_adds_the_label_distribution_kl():
     assert wrong > exact + 1.0
 
 
-def test_ema_is_scored_saved_and_resumed_exactly(small, tmp_path):
-    cfg, faces, split = small
-    cfg = TrainConfig.from_dict({"epochs": 2, "max_images": 300, "ema_decay": 0.99, "age_head": "distribution"}, cfg)
+def test_ema_is_scored_saved_and_resumed_exactly(few, tmp_path):
+    cfg, faces, split = few
+    cfg = TrainConfig.from_dict({"epochs": 2, "ema_decay": 0.99, "age_head": "distribution"}, cfg)
     train, val = fit_parts(faces, split, cfg)
     straight = Trainer(cfg, train, val)
     full = list(straight.epochs())

@@ -92,7 +92,7 @@ def test_flip_tta_averages_a_face_and_its_mirror_in_eval_mode_only(age_head):
 
 
 def test_zoomed_views_are_the_centre_enlarged_and_the_face_shrunk_within_repeated_edges():
-    from models.heads import zoom_views
+    from models.views import zoom_views
 
     x = torch.rand(2, 3, 40, 40)
     inner, outer = zoom_views(x, 0.1)  # 2 pixels off (or onto) each side of 40
@@ -107,7 +107,7 @@ def test_zoomed_views_are_the_centre_enlarged_and_the_face_shrunk_within_repeate
 
 @pytest.mark.parametrize("arch, views", [("scratch", 2), ("pretrained", 6)])
 def test_zoom_tta_averages_every_view_and_is_chosen_per_architecture(arch, views):
-    from models.heads import TTA_ZOOM, zoom_views
+    from models.views import TTA_ZOOM, zoom_views
 
     model = build_model(cfg(arch=arch, depth=2, base_width=8, tta_flip=True)).eval()
     assert model.tta_zoom == TTA_ZOOM[arch] and len(model.views(torch.rand(1, 3, 32, 32))) == views
@@ -146,7 +146,7 @@ def test_ensemble_averages_ages_and_probabilities():
     torch.testing.assert_close(torch.sigmoid(logit), torch.stack([torch.sigmoid(l) for _, l in outs]).mean(0))
     # confident members do not saturate the mean's logit
     extreme = torch.tensor([[60.0, -60.0], [60.0, 60.0]])
-    from models.heads import mean_probability_logit
+    from models.views import mean_probability_logit
     assert torch.isfinite(mean_probability_logit(extreme)).all()
     torch.testing.assert_close(torch.sigmoid(mean_probability_logit(extreme)), torch.tensor([1.0, 0.5]))  # rows: members
 

@@ -1,10 +1,8 @@
 """The time budget: durations, shares between stages, the ledger a resumed run reads, the retraining plan."""
-import pickle
-import time
 
 import pytest
 
-from search.budget import (BUDGET_FILE, REPORT_RESERVE_S, SEARCH_SHARE, SETUP_STAGE, BudgetStopper, Ledger,
+from search.budget import (BUDGET_FILE, REPORT_RESERVE_S, SEARCH_SHARE, SETUP_STAGE, Ledger,
                            format_duration, parse_duration, plan_retrain)
 
 
@@ -44,55 +42,6 @@ def test_shares_follow_what_earlier_stages_spent(tmp_path):
     assert again.budget_s == 630.0
     assert again.spent == {"scratch/search": 100.0, "scratch/retrain": 100.0, SETUP_STAGE: 60.0}
     assert (tmp_path / BUDGET_FILE).is_file()
-
-
-def test_stopper_counts_earlier_runs_and_reads_its_limit_from_the_ledger(tmp_path):
-    ledger = Ledger(tmp_path, 100.0)
-    ledger.record("scratch/search", 9.9)
-    ledger.set_limit("scratch/search", 10.0)
-    stopper = BudgetStopper(tmp_path, "scratch/search")
-    assert not stopper("t1", {})  # trials are never stopped one by one
-    time.sleep(0.15)
-    assert stopper.stop_all()  # 9.9 s before + this run's time passes the 10 s limit
-    assert Ledger(tmp_path).spent["scratch/search"] >= 9.9
-    # unpickled (as Tune restores an experiment), it starts its clock again from the ledger and its new limit
-    Ledger(tmp_path).set_limit("scratch/search", 60.0)
-    restored = pickle.loads(pickle.dumps(stopper))
-    assert not restored.stop_all()
-    Ledger(tmp_path).set_limit("scratch/retrain", None)
-    assert not BudgetStopper(tmp_path, "scratch/retrain").stop_all()  # no limit: time is only recorded
-
-
-def test_a_search_leaves_room_for_the_shortest_retraining_runs(tmp_path, capsys):
-    from search.budget import RETRAIN_PROJECTION_FACTOR, shortest_retrain_epochs
-
-    ledger = Ledger(tmp_path, 1000.0)
-    ledger.set_limit("scratch/search", 250.0)  # half of a 500 s share
-    ledger.set_reserve("scratch/search", 500.0, shortest_retrain_epochs(24), 1.25)
-    stopper = BudgetStopper(tmp_path, "scratch/search")
-    assert stopper.limit() == 250.0 and stopper.reserved_seconds() is None  # no epoch seen yet
-    # epochs of 20 s (16 training, 3 scoring): a run of 12 epochs on 1.25× the faces takes about 268 s
-    for epoch in range(3):
-        stopper("t1", {"time_this_iter_s": 20.0, "epoch_seconds": 16.0, "score_seconds": 3.0})
-    run = ((16 * 1.25 + 1) * 12 + 3) * RETRAIN_PROJECTION_FACTOR
-    assert stopper.reserved_seconds() == pytest.approx(run)
-    assert stopper.limit() == pytest.approx(500.0 - run)  # less than the search's half
-    # a slower trial (a larger network) is the one the projection keeps
-    stopper.observe("t2", {"time_this_iter_s": 30.0, "epoch_seconds": 26.0, "score_seconds": 3.0})
-    assert stopper.reserved_seconds() > run
-    # with the clock past the earlier end the whole search stops, and says why
-    Ledger(tmp_path).record("scratch/search", 240.0)
-    late = BudgetStopper(tmp_path, "scratch/search")
-    late("t1", {"time_this_iter_s": 20.0, "epoch_seconds": 16.0, "score_seconds": 3.0})
-    assert late.stop_all()
-    assert "the shortest allowed" in capsys.readouterr().out
-    # a share with room for both stages keeps the search's half
-    Ledger(tmp_path).set_reserve("scratch/search", 2000.0, 12, 1.25)
-    roomy = BudgetStopper(tmp_path, "scratch/search")
-    roomy.observe("t1", {"time_this_iter_s": 20.0, "epoch_seconds": 16.0, "score_seconds": 3.0})
-    assert roomy.limit() == 250.0
-    # the times seen are not pickled with the experiment: a restored run projects from its own epochs
-    assert pickle.loads(pickle.dumps(stopper)).reserved_seconds() is None
 
 
 @pytest.mark.parametrize("left, run, conc, k, seeds, expect", [
@@ -144,6 +93,7 @@ def test_a_retraining_run_is_projected_from_the_trials_training_and_scoring_time
     assert project_run_seconds(30.0, 10, 1.2, float("nan"), float("nan")) == project_run_seconds(30.0, 10, 1.2)
 
 
+@pytest.mark.slow
 def test_a_budgeted_search_stops_plans_its_retraining_and_resumes(data_dir, tmp_path):
     import json
 
@@ -191,7 +141,7 @@ def test_a_budget_too_short_for_one_trial_and_the_report_is_refused_with_the_min
                                                                                       extra):
     from search.budget import format_duration, min_budget_s
     from search.run import get_args_parser
-    from search.settings import UsageError, resolve
+    from search.stages.settings import UsageError, resolve
 
     args = get_args_parser().parse_args(["--arch", "scratch", "--preset", "smoke", "--data", str(data_dir),
                                          "--storage-path", str(tmp_path), "--budget", budget, *extra])
@@ -201,11 +151,11 @@ def test_a_budget_too_short_for_one_trial_and_the_report_is_refused_with_the_min
     assert f"give --budget {format_duration(least)} or more" in str(err.value)
 
 
-def test_the_command_line_refuses_a_budget_too_short_in_one_line(data_dir, tmp_path):
-    from conftest import run_cli
+def test_the_command_line_refuses_a_budget_too_short_in_one_line(data_dir, tmp_path, capsys):
+    from conftest import run_main
 
-    result = run_cli("--arch", "scratch", "--preset", "smoke", "--data", data_dir, "--storage-path", tmp_path,
-                     "--name", "short", "--budget", "1s")
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "give --budget 1m10s or more" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "short").exists()
+    code, err = run_main(capsys, "--arch", "scratch", "--preset", "smoke", "--data", data_dir, "--storage-path",
+                         tmp_path, "--name", "short", "--budget", "1s")
+    assert code == 2, err[-2000:]
+    assert "give --budget 1m10s or more" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "short").exists()

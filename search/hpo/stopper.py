@@ -1,0 +1,95 @@
+"""The Tune stopper that ends a stage when its share of the time budget (search.budget) is spent."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from ray import tune
+
+from search.budget import Ledger, format_duration, project_run_seconds
+
+
+class BudgetStopper(tune.Stopper):
+    """Ends a stage's Tune experiment once the stage has spent the limit the ledger sets for it (earlier runs'
+    time included), and writes the time spent to the ledger with every reported epoch.
+
+    A search stage with a reserve in the ledger (``Ledger.set_reserve``) also ends when what is left of its
+    architecture's share would no longer hold one retraining run of the reserved length, projected like the
+    retraining's plan from the slowest trial's mean epoch times seen so far.
+
+    Tune pickles its stopper with the experiment, so the limit and the clock are read from the ledger when a
+    process first asks (never pickled): a resumed run counts from what was spent and obeys a changed budget.
+    """
+
+    def __init__(self, root: Path, stage: str):
+        self.root, self.stage = Path(root), stage
+        self._clock: tuple[float, float, float | None, dict | None] | None = None  # before, start, limit, reserve
+        self._times: dict[str, list[float]] = {}  # trial → sums of [whole epoch, training, scoring, epochs]
+        self._said = False
+
+    def __getstate__(self):
+        return {**self.__dict__, "_clock": None, "_times": {}, "_said": False}
+
+    def _start(self) -> tuple[float, float, float | None, dict | None]:
+        if self._clock is None:
+            ledger = Ledger(self.root)
+            self._clock = (ledger.spent.get(self.stage, 0.0), time.monotonic(), ledger.limits.get(self.stage),
+                           ledger.reserves.get(self.stage))
+        return self._clock
+
+    def elapsed(self) -> float:
+        before, start, _, _ = self._start()
+        return before + time.monotonic() - start
+
+    def observe(self, trial_id: str, result: dict) -> None:
+        """Count one reported epoch's times (the reserve's projection)."""
+        parts = [result.get(k) for k in ("time_this_iter_s", "epoch_seconds", "score_seconds")]
+        if parts[0] is None:
+            return
+        sums = self._times.setdefault(trial_id, [0.0, 0.0, 0.0, 0])
+        for i, value in enumerate(parts):
+            sums[i] += float(value) if value is not None else math.nan
+        sums[3] += 1
+
+    def reserved_seconds(self) -> float | None:
+        """The retraining run the search must leave room for, projected from the slowest trial; None before any
+        epoch is reported or without a reserve."""
+        reserve = self._start()[3]
+        if not reserve or not self._times:
+            return None
+        return max(project_run_seconds(it / n, int(reserve["epochs"]), reserve["scale"], ep / n, sc / n)
+                   for it, ep, sc, n in self._times.values())
+
+    def limit(self) -> float | None:
+        """What the stage may spend in all (earlier runs' time included); None where it has no limit."""
+        _, _, limit, reserve = self._start()
+        wave = self.reserved_seconds()
+        if limit is None or wave is None:
+            return limit
+        return max(0.0, min(limit, reserve["share_s"] - wave))
+
+    def seconds_left(self) -> float | None:
+        """What the stage may still spend; None where it has no limit."""
+        limit = self.limit()
+        return None if limit is None else limit - self.elapsed()
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.observe(trial_id, result)
+        Ledger(self.root).record(self.stage, self.elapsed())
+        return False
+
+    def stop_all(self) -> bool:
+        limit = self.limit()
+        if limit is None or self.elapsed() < limit:
+            return False
+        Ledger(self.root).record(self.stage, self.elapsed())  # the time the stage ended, not its last epoch's
+        _, _, base, reserve = self._start()
+        if reserve and limit < base and not self._said:
+            self._said = True
+            spent = self.elapsed()
+            print(f"{self.stage}: ends after {format_duration(spent)}, leaving "
+                  f"{format_duration(max(0.0, reserve['share_s'] - spent))} for the retraining: one run of "
+                  f"{reserve['epochs']} epochs (the shortest allowed) takes about "
+                  f"{format_duration(self.reserved_seconds())}", flush=True)
+        return True

@@ -1,0 +1,1 @@
+"""Deployment: ``export`` writes a trained model's graphs and calibration; ``predict`` runs them on photos."""
