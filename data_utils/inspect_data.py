@@ -1,6 +1,7 @@
-"""Print what a UTKFace folder holds: usable images, skips by reason, duplicates, labels.
+"""Print what a data source holds (a UTKFace folder or a labels CSV, repeatable): usable images, skips by reason,
+duplicates, labels.
 
-    python data_utils/inspect_data.py --data DIR [--image-size 128] [--json]
+    python data_utils/inspect_data.py --data DIR [--data LABELS.csv] [--image-size 128] [--json]
 
 It decodes every image (into the tensor cache, so a later training run reuses the work), since only
 decoding tells a truncated JPEG from a good one.

@@ -73,7 +73,8 @@ def _mtcnn(image: np.ndarray, min_score: float) -> list[Face]:
                  float(s)) for b, s, p in zip(boxes, scores, points) if s >= min_score]
 
 
-# name → detector (RGB uint8 H×W×3, min score → faces); the first is the default, chosen in the README ("Faces")
+# name → detector (RGB uint8 H×W×3, min score → faces); the first is the default: its landmarks on UTKFace's crops
+# are the more consistent, so its alignment reproduces the training crops (experiments/benchmarks/alignment.py)
 DETECTORS: dict[str, Callable[[np.ndarray, float], list[Face]]] = {"retinaface": _retinaface, "mtcnn": _mtcnn}
 DEFAULT_DETECTOR = "retinaface"
 # the package each detector imports, and how to install it (both carry their weights; neither pins our torch)

@@ -17,8 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from data_utils.scan import (AGE_MAX, AGE_MIN, RACES, FaceFile, LabelError, ScanReport, _sha256, dedupe,
-                             scan_folder)
+from data_utils.scan import AGE_MAX, AGE_MIN, RACES, FaceFile, LabelError, ScanReport, _sha256, dedupe, scan_folder
 
 CSV_SUFFIXES = (".csv",)
 GENDER_WORDS = {"0": 0, "1": 1, "male": 0, "m": 0, "man": 0, "female": 1, "f": 1, "woman": 1}

@@ -49,11 +49,13 @@ class TrainConfig:
     dropout: float = 0.3
     backbone: str = "mobilenet_v2"  # pretrained only
     weights_path: str | None = None  # pretrained: ImageNet weights (default: models.weights search order)
-    # distribution (softmax over 1-year bins, DLDL-v2) or regression (one unit, years); distribution by measurement
-    # (experiments/benchmarks/ablation.py: test age MAE −0.50 years, README "Recipe")
+    # distribution (softmax over 1-year bins, DLDL-v2) or regression (one unit, years): the distribution head
+    # lowers the age error (experiments/benchmarks/ablation.py)
     age_head: str = "distribution"
-    unfreeze_epoch: int = 0  # pretrained: the backbone trains from this epoch on (0 = from the start; measured best)
-    backbone_lr_mult: float = 0.5  # pretrained: backbone LR = lr × this once unfrozen (0.5 beat 0.1, README "Recipe")
+    # pretrained: the backbone trains from this epoch on; from the start, at half the head's rate, beats a frozen
+    # start with a slow backbone (experiments/benchmarks/ablation.py)
+    unfreeze_epoch: int = 0
+    backbone_lr_mult: float = 0.5  # pretrained: backbone LR = lr × this once unfrozen
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -66,7 +68,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     grad_clip: float = 5.0  # max gradient norm; 0 disables
     age_loss_weight: float = 0.1  # loss = BCE(gender) + age_loss_weight × L1(age in years) [+ KL, distribution head]
-    ema_decay: float = 0.0  # > 0: score and save a moving average of the weights (measured: no gain in short runs)
+    ema_decay: float = 0.0  # > 0: score and save a moving average of the weights (no gain in CPU-length runs)
     # augmentation (data_utils.augment.AugmentStrength)
     aug_flip: float = 0.5
     aug_rotate: float = 10.0
@@ -80,9 +82,9 @@ class TrainConfig:
     aug_blur: float = 0.0  # probability of a Gaussian blur
     aug_jpeg: float = 0.0  # probability of a JPEG re-compression (quality 30–90)
     mixup_alpha: float = 0.0  # > 0: blend each batch with a shuffled copy, λ ~ Beta(α, α); labels mixed alike
-    tta_flip: bool = True  # evaluation averages each face and its mirror (validation, test, export, predict); −0.25 MAE
+    tta_flip: bool = True  # evaluation averages each face and its mirror (validation, test, export, predict)
     # > 0: evaluation also averages the face zoomed in and out by this fraction (models.views.zoom_views); None:
-    # the architecture's measured choice (models.views.TTA_ZOOM: 0.1 for the pretrained model, off for scratch)
+    # the architecture's own choice (models.views.TTA_ZOOM)
     tta_zoom: float | None = None
     # run
     seed: int = 0

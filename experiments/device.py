@@ -2,10 +2,10 @@
 
 ``precision: auto`` trains under bf16 autocast where the hardware computes bf16 natively — CUDA GPUs that
 support it, and CPUs with AVX512-BF16 or AMX-BF16 (read from the CPU's flags, not assumed) — and in fp32
-elsewhere, where bf16 would be emulated and slower. One measured exception: on a CPU, the pretrained
-MobileNetV2 (depthwise convolutions) trains slower in bf16 than in fp32 channels_last below 128 px (at 48 px
-half as fast) and as fast at 128, so ``auto`` keeps it in fp32 below ``CPU_BF16_FROM_SIZE``. Convolutions run in
-channels_last everywhere: faster than NCHW for both architectures on the CPU (README, "Training speed").
+elsewhere, where bf16 would be emulated and slower. One exception: on a CPU, the pretrained MobileNetV2 (depthwise
+convolutions) trains slower in bf16 than in fp32 channels_last at small sizes, so ``auto`` keeps it in fp32 below
+``CPU_BF16_FROM_SIZE``. Convolutions run in channels_last everywhere: faster than NCHW for both architectures on
+the CPU (experiments/benchmarks/throughput.py).
 """
 from __future__ import annotations
 

@@ -7,14 +7,12 @@ The data stays a uint8 tensor on the training device for the whole run (on CUDA:
 each batch is converted, augmented and run in the precision and layout ``experiments.device`` picks for the
 device (bf16 autocast where the hardware computes bf16 natively, channels_last).
 """
-import os
-import sys
-
-
 import argparse
 import csv
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +26,9 @@ from data_utils.augment import augment_batch
 from data_utils.dataset import SPLIT_FILE, Faces, NoUsableImagesError, Split, load_faces, make_split
 from data_utils.sources import join_sources
 from experiments.config import TrainConfig, load_config_file, parse_overrides
-from experiments.objective import METRIC, gender_accuracy, objective, predicted_female
 from experiments.device import Precision, eval_batch_size, resolve_device, resolve_precision  # noqa: F401  (resolve_device: re-exported)
 from experiments.ema import WeightEMA
+from experiments.objective import METRIC, gender_accuracy, objective, predicted_female
 from models import AgeGenderNet, build_model, count_parameters
 
 

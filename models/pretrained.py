@@ -28,7 +28,7 @@ class AdditiveNeck(nn.Module):
 
 def mobilenet_v2(state: dict[str, torch.Tensor] | None) -> tuple[nn.Module, int]:
     """MobileNetV2's feature extractor; ``state`` (the full ImageNet classifier's state dict) loads strictly."""
-    # imported here: torchvision pulls in torch._dynamo, 2-3 s that every command and trial process would pay
+    # imported here: torchvision pulls in torch._dynamo, seconds that every command and trial process would pay
     # at start-up, though only this architecture needs it
     import torchvision
 

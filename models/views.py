@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+
 def mean_probability_logit(logits: torch.Tensor) -> torch.Tensor:
     """The logit of the mean sigmoid probability over dim 0: log(mean p) − log(mean(1 − p)), computed in log space
     so that confident logits do not saturate. Flip test-time augmentation and ensembles average P(female) with it."""
@@ -18,7 +19,7 @@ TTA_ZOOM = {"pretrained": 0.1, "scratch": 0.0}
 
 
 def resolved_tta_zoom(config) -> float:
-    """The config's ``tta_zoom``, or its architecture's measured choice (``TTA_ZOOM``) where it gives none."""
+    """The config's ``tta_zoom``, or its architecture's choice (``TTA_ZOOM``) where it gives none."""
     return config.tta_zoom if config.tta_zoom is not None else TTA_ZOOM.get(config.arch, 0.0)
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 # that is the design, not a bottleneck
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-from search.hpo.presets import PRESETS
 from search.errors import UsageError
+from search.hpo.presets import PRESETS
 from search.stages.settings import ARCH_CHOICES, CPU_PRESET, GPU_PRESET, SCHEDULERS, STAGES, resolve
 
 

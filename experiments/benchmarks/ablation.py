@@ -19,12 +19,10 @@ Each technique is compared with the baseline (last weights of the regression hea
 over seeds, the paired difference with a 95% t-interval over seeds, and a 95% paired bootstrap interval over
 test images (the seeds' differences averaged per image, images resampled).
 """
-import os
-import sys
-
-
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 

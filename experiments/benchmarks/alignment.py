@@ -11,11 +11,9 @@ model never trained on them) and each detector in ``data_utils.photos.DETECTORS`
 - the model (one checkpoint, or several averaged as an ensemble) on the original crops and on the re-aligned ones,
   on the same faces: gender accuracy, age MAE and the paired differences.
 """
-import os
-
-
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path

@@ -10,12 +10,10 @@ detected and aligned where the images are photos), and by the comparator in its 
 not scored). Both are reported on every face each found, and on the faces both found (the fair comparison),
 with 95% bootstrap intervals over faces.
 """
-import sys
-
-
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path

@@ -10,13 +10,11 @@ processes training scratch @128 on the one GPU at once; (3) a packed search (16 
 0.25 GPU per trial) with its wall time and the GPU's utilisation sampled every half second, then its
 retraining and report; (4) an export of the marked model with the ONNX/TorchScript parity check.
 """
-import os
-import sys
-
-
 import argparse
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path

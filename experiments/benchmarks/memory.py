@@ -10,11 +10,9 @@ the parts as views; ``private`` ships the tensors as they were shipped before (p
 process) and takes the parts as copies. ``--repeat`` tiles the faces in memory to reach the full UTKFace's
 size (23,707 files) from the 5k subset: 4,980 × 5 = 24,900 faces.
 """
-import sys
-
-
 import argparse
 import json
+import sys
 
 import torch
 

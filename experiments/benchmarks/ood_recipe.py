@@ -12,12 +12,10 @@ baseline paired by seed (mean difference with a 95% t-interval over seeds) and b
 averaged per face, a 95% bootstrap interval over faces). ``--faces-out`` keeps every run's per-face predictions,
 so the calibration can be studied on them without training again.
 """
-import os
-import sys
-
-
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 

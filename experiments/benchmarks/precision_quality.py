@@ -5,12 +5,10 @@
 Each seed trains once per precision on the same split; scored on the test split in the precision it trained in.
 Prints mean ± std per precision, and the paired bf16 − fp32 difference with a 95% t-interval over seeds.
 """
-import os
-import sys
-
-
 import argparse
 import json
+import os
+import sys
 import time
 
 import numpy as np

@@ -6,14 +6,12 @@ Any flag it does not know is passed to ``search/run.py`` (e.g. ``--preset smoke`
 --max-epochs 30 --gpus-per-trial 0.25``). Reports, for each scheduler, the best objective reached, the
 trial-epochs trained and the wall time of the whole search (Ray start-up included).
 """
-import os
-import sys
-
-
 import argparse
 import json
+import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path

@@ -10,12 +10,10 @@ choice it informs never looks at the test split — and reports, per epoch count
 seeds) and the ensembles of the first n seeds (mean of their ages and P(female)), with the training seconds each
 costs; rows of equal cost (seeds × epochs) are the comparison the planner makes.
 """
-import os
-import sys
-
-
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 

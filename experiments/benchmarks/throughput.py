@@ -12,21 +12,18 @@ same machine load. On a GPU it also reports each step's peak memory. ``--scoring
 mode, the test-time views as configured, the resolved default precision) on a validation split's worth of
 faces at each of ``--eval-batches``, interleaved the same way, against the device's ``eval_batch_size``.
 """
-import os
-import sys
-
-
 import argparse
 import json
+import os
 import subprocess
+import sys
 import time
 
 import torch
 
 from data_utils.augment import augment_batch
 from experiments.config import TrainConfig, parse_overrides
-from experiments.device import (Precision, device_name, eval_batch_size, fp32_nchw, resolve_device,
-                                resolve_precision)
+from experiments.device import Precision, device_name, eval_batch_size, fp32_nchw, resolve_device, resolve_precision
 from experiments.train import loss_terms, make_optimizer, predict, to_input
 from models import build_model, count_parameters
 

@@ -13,12 +13,10 @@ paired by model: the mean difference with a 95% t-interval over models, and a 95
 validation faces (the models' differences averaged per face, faces resampled). Identical models (CPU training is
 deterministic, so a configuration tried twice trains the same weights) are counted once.
 """
-import sys
-
-
 import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np

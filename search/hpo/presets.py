@@ -1,6 +1,6 @@
 """Named search presets. Any command-line flag overrides the preset's value.
 
-- quick: the README's main job, a search sized by time: a 9½-minute budget on 2 CPU cores for one architecture
+- quick: the main job, a search sized by time: a 9½-minute budget on 2 CPU cores for one architecture
   (``--arch pretrained``), every image at 64 px, trials of up to 8 epochs with ASHA judging at epochs 3 and 6 (the
   scratch CNN: 48 px, 24 epochs, judged at 6 and 12), and
   as many seeds of the best configuration retrained (its ensemble exported) as the budget leaves room for. Its

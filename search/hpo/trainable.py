@@ -22,7 +22,6 @@ from experiments.train import NonFiniteLossError, Trainer, fit_parts
 from search.hpo.trial_layout import CHECKPOINT_FILE, DIVERGED_FILE, PLACEMENT
 
 
-
 @dataclass
 class TrialData:
     """What every trial of one search shares: decoded faces per image size, the split, ImageNet weights."""

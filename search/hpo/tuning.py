@@ -14,10 +14,10 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from experiments.objective import METRIC, MODE
-from search.hpo.stopper import BudgetStopper
-from search.hpo.study import open_storage
 from search.hpo.spaces import FOUND, GRACE, RECIPES, SPACES, Categorical, Float, Int, point_in_space
+from search.hpo.stopper import BudgetStopper
 from search.hpo.storage import stage_callbacks
+from search.hpo.study import open_storage
 from search.hpo.trainable import TrialData, train_trial
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,17 @@ from data_utils.sources import split_sources
 from models import ARCHS
 from search.report.document import Doc
 from search.report.load import load_arch
-from search.report.sections import (all_trials, best_configurations, environment, error_analysis, headline, importance,
-                                    learning_curves, out_of_domain, sureness_and_groups)
+from search.report.sections import (
+    all_trials,
+    best_configurations,
+    environment,
+    error_analysis,
+    headline,
+    importance,
+    learning_curves,
+    out_of_domain,
+    sureness_and_groups,
+)
 from search.stages import manifest
 from search.stages.settings import SETTINGS_FILE
 

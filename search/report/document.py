@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 
-
 @dataclass
 class Doc:
     blocks: list[tuple[str, Any]] = field(default_factory=list)

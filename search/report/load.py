@@ -14,7 +14,6 @@ from search.stages import manifest
 from search.stages.results import SCORE_COLUMN, read_trials
 
 
-
 @dataclass
 class ArchResults:
     arch: str

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 import platform
-from importlib import metadata
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +12,28 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 import numpy as np
 import optuna
 import pandas as pd
 import torch
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 
 from data_utils.dataset import SPLIT_FILE, Faces, Split
 from data_utils.scan import AGE_BANDS, age_band
 from data_utils.sources import split_sources
-from experiments.evaluation.calibration import CHECK_SPLITS, DEFAULT_COVERAGE, SPREAD, calibrate
 from experiments.config import TrainConfig, load_config_file
+from experiments.evaluation.calibration import CHECK_SPLITS, DEFAULT_COVERAGE, SPREAD, calibrate
 from experiments.evaluation.groups import MIN_GROUP_FACES, fairness
 from experiments.evaluation.metrics import per_face
 from experiments.objective import METRIC, REFERENCE_AGE_MAE, REFERENCE_GENDER_ERROR, predicted_female
 from models import build_model, count_parameters
 from search.budget import BUDGET_FILE, Ledger, format_duration
-from search.stages.ood import group_rows, headline_rows, load_results
-from search.stages.settings import scheduled
-from search.stages.results import SCORE_COLUMN, STATUS_COMPLETED, STATUS_STOPPED
 from search.hpo.spaces import SPACES
 from search.report.document import Doc, save_figure
 from search.report.load import ArchResults, exported_source
+from search.stages.ood import group_rows, headline_rows, load_results
+from search.stages.results import SCORE_COLUMN, STATUS_COMPLETED, STATUS_STOPPED
+from search.stages.settings import scheduled
 
 LABELS = {"scratch": "Model A (scratch CNN)", "pretrained": "Model B (pretrained MobileNetV2)"}
 STUDY = {"scratch": ("86–87%", "6–6.5", "seed_a"), "pretrained": ("82–83%", "8–8.5", "seed_b")}

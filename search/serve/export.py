@@ -27,8 +27,20 @@ from data_utils.dataset import SPLIT_FILE, resolve_sources
 from data_utils.scan import ScanReport, list_files
 from data_utils.sources import is_labels_file, join_sources, scan_sources, split_sources
 from experiments.evaluation.calibration import DEFAULT_COVERAGE, SPREAD, calibrate
-from experiments.exported import (CALIBRATION_FILE, CHECK_FILE, CONFIG_FILE, EXPORT_FILES, METRICS_FILE, ONNX_FILE,
-                                  OUTPUTS, PREPROCESSING_FILE, TORCHSCRIPT_FILE, Exported, write_json, write_model)
+from experiments.exported import (
+    CALIBRATION_FILE,
+    CHECK_FILE,
+    CONFIG_FILE,
+    EXPORT_FILES,
+    METRICS_FILE,
+    ONNX_FILE,
+    OUTPUTS,
+    PREPROCESSING_FILE,
+    TORCHSCRIPT_FILE,
+    Exported,
+    write_json,
+    write_model,
+)
 from experiments.train import load_model
 from models import ARCHS, Ensemble
 from search.stages import manifest

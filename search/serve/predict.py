@@ -16,10 +16,10 @@ gender accuracy, age MAE, the intervals' empirical coverage and width, and the f
 gender × race group (bootstrap intervals) is printed.
 """
 import argparse
-import os
-import sys
 import csv
 import json
+import os
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,14 +28,21 @@ import numpy as np
 import torch
 
 from data_utils.cache import DecodeError, decode_file, decode_workers
-from data_utils.photos import (DEFAULT_DETECTOR, DETECTORS, are_crops, check_detector, has_utkface_name,
-                              photo_faces, subject_face)
+from data_utils.photos import (
+    DEFAULT_DETECTOR,
+    DETECTORS,
+    are_crops,
+    check_detector,
+    has_utkface_name,
+    photo_faces,
+    subject_face,
+)
 from data_utils.scan import FaceFile, ScanReport, list_files
 from data_utils.sources import is_labels_file, scan_sources
 from experiments.evaluation.calibration import age_interval, halfwidths
-from experiments.objective import predicted_female
 from experiments.evaluation.scoring import labelled_frame, score
 from experiments.exported import CALIBRATION_FILE, Exported, ExportFolderError, load_calibration, load_export
+from experiments.objective import predicted_female
 
 OUTPUT_FORMATS = (".csv", ".json")
 

@@ -17,10 +17,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from data_utils.photos import DEFAULT_DETECTOR, are_crops, check_detector
 from data_utils.labelled import LabelledSet, read_set, set_names
+from data_utils.photos import DEFAULT_DETECTOR, are_crops, check_detector
 from data_utils.sources import scan_sources, split_sources
-from experiments.evaluation.calibration import DEFAULT_COVERAGE, SPREAD, age_interval, apply_temperature, calibrate, halfwidths
+from experiments.evaluation.calibration import (
+    DEFAULT_COVERAGE,
+    SPREAD,
+    age_interval,
+    apply_temperature,
+    calibrate,
+    halfwidths,
+)
 from experiments.evaluation.scoring import labelled_frame, score
 from experiments.train import load_model
 from models.views import mean_probability_logit

@@ -13,8 +13,15 @@ import time
 
 import torch
 
-from data_utils.dataset import (SPLIT_FILE, NoUsableImagesError, Split, SplitMismatchError, TooFewImagesError,
-                                load_faces, make_split)
+from data_utils.dataset import (
+    SPLIT_FILE,
+    NoUsableImagesError,
+    Split,
+    SplitMismatchError,
+    TooFewImagesError,
+    load_faces,
+    make_split,
+)
 from data_utils.sources import AgeRangeError
 from experiments.config import TrainConfig
 from experiments.device import resolve_precision
@@ -34,8 +41,17 @@ from search.stages import manifest
 from search.stages.lock import ExperimentLock
 from search.stages.manifest import ManifestError
 from search.stages.ood import check_sets, run_ood
-from search.stages.results import (PLAN_FILE, TRIALS_FILE, best_configs, manifest_trials, read_trials, summary_table,
-                                   trial_rows, write_outputs, write_trials)
+from search.stages.results import (
+    PLAN_FILE,
+    TRIALS_FILE,
+    best_configs,
+    manifest_trials,
+    read_trials,
+    summary_table,
+    trial_rows,
+    write_outputs,
+    write_trials,
+)
 from search.stages.retrain import collect, write_retrain_outputs
 from search.stages.settings import RunSettings, record_resume, save_new, settings_path
 

@@ -11,6 +11,7 @@ import pandas as pd
 from experiments.config import TrainConfig
 from experiments.objective import METRIC, MODE, SELECTION_EPOCHS, selection_score
 from search.hpo.trial_layout import CHECKPOINT_FILE, PLACEMENT
+from search.stages.manifest import relative
 
 STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED = "completed", "stopped_early", "failed"
 STATUS_INTERRUPTED = "interrupted"  # the run was stopped (a signal, a full disk) while the trial ran or waited
@@ -27,8 +28,6 @@ def read_trials(path: Path) -> pd.DataFrame:
 
 def manifest_trials(root: Path, trials: pd.DataFrame) -> list[dict[str, Any]]:
     """The search's trials as the manifest lists them: id, status, epochs, folder and best checkpoint."""
-    from search.stages.manifest import relative
-
     return [{"trial_id": str(row["trial_id"]), "status": row["status"], "reason": row["reason"],
              "epochs": int(row["epochs"]), "path": relative(root, row.get("trial_path")),
              "best_checkpoint": relative(root, row.get("best_checkpoint"))} for _, row in trials.iterrows()]
@@ -45,7 +44,7 @@ def error_reason(error: BaseException | str | None) -> str:
 def saved_statuses(experiment_dir: str | os.PathLike) -> dict[str, str]:
     """Trial id → its status in Tune's last snapshot of the experiment (TERMINATED, ERROR, RUNNING, PENDING,
     PAUSED): what a resume continues. Empty where the snapshot cannot be read (a URI, or none yet)."""
-    from search.hpo.storage import snapshot_files
+    from search.hpo.storage import snapshot_files  # imports Ray, which the report (a reader of trials) must not
 
     if "://" in str(experiment_dir):
         return {}

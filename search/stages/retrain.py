@@ -16,13 +16,14 @@ import pandas as pd
 import torch
 
 from data_utils.dataset import Faces
-from experiments.evaluation.calibration import SPREAD
 from experiments.device import resolve_precision
+from experiments.evaluation.calibration import SPREAD
 from experiments.evaluation.metrics import bootstrap_ci, per_face
 from experiments.objective import METRIC, objective
 from experiments.train import load_model, predict
-from search.stages.results import STATUS_COMPLETED, STATUS_FAILED, error_reason
 from search.hpo.trial_layout import CHECKPOINT_FILE
+from search.stages import manifest
+from search.stages.results import STATUS_COMPLETED, STATUS_FAILED, error_reason
 
 RUNS_FILE, SUMMARY_FILE, BEST_MODEL_FILE, PREDICTIONS_DIR, ENSEMBLE_PREDICTIONS = (
     "retrain_runs.csv", "retrain_summary.csv", "best_model.json", "test_predictions", "ensemble.csv")
@@ -131,8 +132,6 @@ def write_retrain_outputs(root: Path, arch: str, experiment_dir: str, configs: l
                           predictions: dict[str, pd.DataFrame]) -> dict[str, Any] | None:
     """retrain_runs.csv, retrain_summary.csv, predictions per run and best_model.json (the marked model) in
     ``<root>/<arch>-retrain``, and the retraining's entry in the manifest; returns the marked model's entry."""
-    from search.stages import manifest
-
     folder = root / f"{arch}-retrain"
     folder.mkdir(parents=True, exist_ok=True)
     runs.drop(columns=["trial_path"], errors="ignore").to_csv(folder / RUNS_FILE, index=False)
@@ -146,42 +145,60 @@ def write_retrain_outputs(root: Path, arch: str, experiment_dir: str, configs: l
         summary["search_trial_id"] = [searched[r]["trial_id"] for r in summary["rank"]]
         summary["search_val_objective"] = [searched[r][METRIC] for r in summary["rank"]]
     summary.to_csv(folder / SUMMARY_FILE, index=False)
-    best = mark_best(runs) if len(runs) else None
-    entry = None
-    if best is not None:
-        entry = {"rank": int(best["rank"]), "seed": int(best["seed"]), "trial_id": best["trial_id"],
-                 "checkpoint": manifest.relative(root, best["checkpoint"]), "config": configs[int(best["rank"])],
-                 "test_gender_acc": float(best["test_gender_acc"]), "test_age_mae": float(best["test_age_mae"]),
-                 METRIC: float(best[METRIC]),
-                 "selection": "search rank 1 (validation); seed with lowest final train loss"}
+    entry = best_model_entry(root, runs, configs)
+    if entry is not None:
         (folder / BEST_MODEL_FILE).write_text(json.dumps(entry, indent=2) + "\n")
-    ensemble = None
+    manifest.record(root, arch, "retrain", {
+        "experiment": manifest.relative(root, experiment_dir), "runs": run_entries(root, runs, predictions, pred_dir),
+        "runs_csv": manifest.relative(root, folder / RUNS_FILE), "summary": manifest.relative(root, folder / SUMMARY_FILE),
+        "best_model": entry, "ensemble": ensemble_entry(root, runs, predictions, configs, pred_dir)})
+    return entry
+
+
+def best_model_entry(root: Path, runs: pd.DataFrame, configs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The marked model's manifest entry (``mark_best``), None when no run completed."""
+    best = mark_best(runs) if len(runs) else None
+    if best is None:
+        return None
+    return {"rank": int(best["rank"]), "seed": int(best["seed"]), "trial_id": best["trial_id"],
+            "checkpoint": manifest.relative(root, best["checkpoint"]), "config": configs[int(best["rank"])],
+            "test_gender_acc": float(best["test_gender_acc"]), "test_age_mae": float(best["test_age_mae"]),
+            METRIC: float(best[METRIC]),
+            "selection": "search rank 1 (validation); seed with lowest final train loss"}
+
+
+def ensemble_entry(root: Path, runs: pd.DataFrame, predictions: dict[str, pd.DataFrame],
+                   configs: list[dict[str, Any]], pred_dir: Path) -> dict[str, Any] | None:
+    """The ensemble's manifest entry, its averaged test predictions written beside the runs'; None below 2 seeds."""
     averaged = ensemble_predictions(runs, predictions) if predictions else None
-    if averaged is not None:
-        members, frame = averaged
-        frame.to_csv(pred_dir / ENSEMBLE_PREDICTIONS, index=False)
-        correct, abs_err = per_face(frame)
-        acc, mae = float(correct.mean()), float(abs_err.mean())
-        ensemble = {"rank": int(members["rank"].iloc[0]), "config": configs[int(members["rank"].iloc[0])],
-                    "members": [{"seed": int(m["seed"]), "trial_id": m["trial_id"],
-                                 "checkpoint": manifest.relative(root, m["checkpoint"])} for _, m in members.iterrows()],
-                    "test_gender_acc": acc, "test_age_mae": mae, METRIC: objective(acc, mae), "n_test": len(frame),
-                    # the same 95% bootstrap over test images as each configuration's seeds (summarize)
-                    "test_gender_acc_ci": list(bootstrap_ci(correct)), "test_age_mae_ci": list(bootstrap_ci(abs_err)),
-                    "predictions": manifest.relative(root, pred_dir / ENSEMBLE_PREDICTIONS),
-                    "selection": f"every seed of search rank {int(members['rank'].iloc[0]) + 1}, predictions averaged"}
-    run_entries = []
+    if averaged is None:
+        return None
+    members, frame = averaged
+    frame.to_csv(pred_dir / ENSEMBLE_PREDICTIONS, index=False)
+    correct, abs_err = per_face(frame)
+    acc, mae = float(correct.mean()), float(abs_err.mean())
+    rank = int(members["rank"].iloc[0])
+    return {"rank": rank, "config": configs[rank],
+            "members": [{"seed": int(m["seed"]), "trial_id": m["trial_id"],
+                         "checkpoint": manifest.relative(root, m["checkpoint"])} for _, m in members.iterrows()],
+            "test_gender_acc": acc, "test_age_mae": mae, METRIC: objective(acc, mae), "n_test": len(frame),
+            # the same 95% bootstrap over test images as each configuration's seeds (summarize)
+            "test_gender_acc_ci": list(bootstrap_ci(correct)), "test_age_mae_ci": list(bootstrap_ci(abs_err)),
+            "predictions": manifest.relative(root, pred_dir / ENSEMBLE_PREDICTIONS),
+            "selection": f"every seed of search rank {rank + 1}, predictions averaged"}
+
+
+def run_entries(root: Path, runs: pd.DataFrame, predictions: dict[str, pd.DataFrame],
+                pred_dir: Path) -> list[dict[str, Any]]:
+    """One manifest entry per retraining run: its status, folder, final checkpoint and test predictions."""
+    entries = []
     for _, run in runs.iterrows():
         trial_id = run.get("trial_id") if isinstance(run.get("trial_id"), str) else None
-        run_entries.append({
+        entries.append({
             "rank": int(run["rank"]), "seed": int(run["seed"]), "trial_id": trial_id, "status": run["status"],
             "reason": run.get("reason") if isinstance(run.get("reason"), str) else "",
             "path": manifest.relative(root, run.get("trial_path")),
             "checkpoint": manifest.relative(root, run["checkpoint"]) if run["status"] == STATUS_COMPLETED else None,
             "predictions": (manifest.relative(root, pred_dir / f"{trial_id}.csv")
                             if trial_id in predictions else None)})
-    manifest.record(root, arch, "retrain", {
-        "experiment": manifest.relative(root, experiment_dir), "runs": run_entries,
-        "runs_csv": manifest.relative(root, folder / RUNS_FILE), "summary": manifest.relative(root, folder / SUMMARY_FILE),
-        "best_model": entry, "ensemble": ensemble})
-    return entry
+    return entries

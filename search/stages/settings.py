@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_utils.cache import check_image_size
+from data_utils.sources import is_labels_file, join_sources, split_sources
+from experiments.config import TrainConfig, coerce_values, parse_overrides
 from models import ARCHS as MODEL_ARCHS
+from search.budget import format_duration, min_budget_s, parse_budget
 from search.errors import UsageError
 from search.files import write_json
 from search.hpo.presets import PRESETS
@@ -105,8 +109,6 @@ class RunSettings:
 
     def base_config(self, arch: str) -> dict[str, Any]:
         """The training config every trial of ``arch`` starts from, before the trial's sampled values."""
-        from experiments.config import TrainConfig
-
         values = {"arch": arch, "data_dir": self.data_dir, "image_size": self.image_size_for(arch),
                   "max_images": self.max_images, "epochs": self.epochs_for(arch), "seed": self.seed,
                   "cache_dir": self.cache_dir, "weights_path": self.weights, **self.overrides}
@@ -134,7 +136,7 @@ class RunSettings:
 
     def space(self, arch: str) -> dict[str, Any]:
         """The space ``arch``'s trials are drawn from."""
-        from search.hpo.tuning import arch_space
+        from search.hpo.tuning import arch_space  # imports Ray, which settings (read by the report) must not
 
         return arch_space(arch, self.space_overrides_for(arch), self.grace_for(arch), self.fixed)
 
@@ -160,8 +162,6 @@ PATH_FIELDS = ("data_dir", "cache_dir", "weights", "ood")
 
 def _absolute(value: Any) -> str:
     """A path made absolute; several data sources (a list, or ``os.pathsep``-joined) each made absolute."""
-    from data_utils.sources import join_sources, split_sources
-
     if isinstance(value, (list, tuple)) or os.pathsep in str(value):
         return join_sources(split_sources(value))
     return str(Path(value).expanduser().resolve())
@@ -244,8 +244,6 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         if key == "archs":
             value = tuple(ARCHS) if value == "both" else (value,)
         elif key == "budget_s":
-            from search.budget import parse_budget
-
             try:
                 value = parse_budget(value)
             except ValueError as err:
@@ -261,17 +259,10 @@ def resolve(args: argparse.Namespace) -> RunSettings:
 
     Raises ``UsageError`` with one line naming the fix. Reads the file system but writes nothing.
     """
-    from experiments.config import coerce_values, parse_overrides
-
-    later = args.stage in ("retrain", "report")
     preset = args.preset or default_preset(args)
     name, storage, root = _locate(args, preset)
-    saved = None
-    if args.resume or later:
-        if not settings_path(root).is_file():
-            fix = "drop --resume to start it" if args.resume and not later else "run the search stage first"
-            raise UsageError(f"no experiment {name!r} at {root}; {fix}, or fix --name/--storage-path")
-        saved = load_saved(root)["settings"]
+    saved = _saved_settings(args, name, root)
+    if saved is not None:
         preset = saved["preset"]
     values: dict[str, Any] = {**_field_defaults(), "archs": tuple(ARCHS), **preset_values(preset)}
     origin = {k: f"preset {preset}" for k in values}
@@ -279,7 +270,44 @@ def resolve(args: argparse.Namespace) -> RunSettings:
         values.update({k: v for k, v in saved.items() if k not in ("name", "storage", "local_root", "command")})
         values["archs"] = tuple(saved["archs"])
         origin.update({k: "the saved experiment" for k in saved})
+    flags, sets = _flags_and_sets(args, origin)
+    if saved is not None:
+        _check_against_saved(name, saved, flags, sets, origin)
+    values.update(flags)
+    values["overrides"] = {**values["overrides"], **sets}
+    if saved is None:
+        # a schedule flag is meant for every architecture: it replaces the preset's per-architecture value
+        given = {k for k in ("max_epochs", "grace_period", "image_size") if k in flags}
+        values["arch_schedule"] = {arch: {k: v for k, v in sched.items() if k not in given}
+                                   for arch, sched in values["arch_schedule"].items()}
+    if values.get("data_dir") is None:
+        if not os.environ.get("UTKFACE_DIR"):
+            raise UsageError("no data folder given: pass --data DIR or set UTKFACE_DIR to a folder of UTKFace crops")
+        values["data_dir"] = _absolute(os.environ["UTKFACE_DIR"])
+        origin["data_dir"] = "UTKFACE_DIR"
+    s = RunSettings(name=name, storage=storage, local_root=str(root), preset=preset,
+                    command=shlex.join([sys.executable] + sys.argv),
+                    **{k: v for k, v in values.items() if k not in ("preset", "command")})
+    _validate(s, origin)
+    if "://" not in storage:
+        check_writable(root)
+    return s
 
+
+def _saved_settings(args: argparse.Namespace, name: str, root: Path) -> dict[str, Any] | None:
+    """The experiment's saved settings on ``--resume`` and later stages (which need them), else None."""
+    later = args.stage in ("retrain", "report")
+    if not (args.resume or later):
+        return None
+    if not settings_path(root).is_file():
+        fix = "drop --resume to start it" if args.resume and not later else "run the search stage first"
+        raise UsageError(f"no experiment {name!r} at {root}; {fix}, or fix --name/--storage-path")
+    return load_saved(root)["settings"]
+
+
+def _flags_and_sets(args: argparse.Namespace, origin: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The flags given, with the ``--set`` values of flag-owned fields folded into them, and the other ``--set``
+    values; records where each value came from in ``origin``."""
     flags = _given(args)
     try:
         sets = parse_overrides(args.set or [])
@@ -303,44 +331,29 @@ def resolve(args: argparse.Namespace) -> RunSettings:
         origin.setdefault(target, "")
         if not origin[target].startswith("--set"):
             origin[target] = _flag(_attr(target))
+    return flags, sets
 
-    if saved is not None:
-        if "archs" in flags:
-            extra = sorted(set(flags["archs"]) - set(saved["archs"]))
-            if extra:
-                raise UsageError(f"--arch {'both' if len(flags['archs']) > 1 else flags['archs'][0]}: experiment "
-                                 f"{name!r} has no {' or '.join(extra)} search (it has {', '.join(saved['archs'])}); "
-                                 "start a new experiment with --name NEW for it")
-        for key, value in flags.items():
-            if key in MAY_CHANGE or key == "archs" or value == saved.get(key):
-                continue
-            raise UsageError(f"{origin[key]} {_show(value)} contradicts the saved experiment {name!r} "
-                             f"({key} {_show(saved.get(key))}); drop the flag, or start a new experiment with --name NEW")
-        changed = {k: v for k, v in sets.items() if saved["overrides"].get(k, _MISSING) != v}
-        if changed:
-            k, v = next(iter(changed.items()))
-            raise UsageError(f"--set {k}={v} contradicts the saved experiment {name!r} (its --set values: "
-                             f"{saved['overrides'] or 'none'}); drop it, or start a new experiment with --name NEW")
-    values.update(flags)
-    values["overrides"] = {**values["overrides"], **sets}
-    if saved is None:
-        # a schedule flag is meant for every architecture: it replaces the preset's per-architecture value
-        given = {k for k in ("max_epochs", "grace_period", "image_size") if k in flags}
-        values["arch_schedule"] = {arch: {k: v for k, v in sched.items() if k not in given}
-                                   for arch, sched in values["arch_schedule"].items()}
 
-    if values.get("data_dir") is None:
-        if not os.environ.get("UTKFACE_DIR"):
-            raise UsageError("no data folder given: pass --data DIR or set UTKFACE_DIR to a folder of UTKFace crops")
-        values["data_dir"] = _absolute(os.environ["UTKFACE_DIR"])
-        origin["data_dir"] = "UTKFACE_DIR"
-    s = RunSettings(name=name, storage=storage, local_root=str(root), preset=preset,
-                    command=shlex.join([sys.executable] + sys.argv),
-                    **{k: v for k, v in values.items() if k not in ("preset", "command")})
-    _validate(s, origin)
-    if "://" not in storage:
-        check_writable(root)
-    return s
+def _check_against_saved(name: str, saved: dict[str, Any], flags: dict[str, Any], sets: dict[str, Any],
+                         origin: dict[str, str]) -> None:
+    """Refuse a flag or ``--set`` value that contradicts the saved experiment, except where things live and how
+    the work is spread (``MAY_CHANGE``)."""
+    if "archs" in flags:
+        extra = sorted(set(flags["archs"]) - set(saved["archs"]))
+        if extra:
+            raise UsageError(f"--arch {'both' if len(flags['archs']) > 1 else flags['archs'][0]}: experiment "
+                             f"{name!r} has no {' or '.join(extra)} search (it has {', '.join(saved['archs'])}); "
+                             "start a new experiment with --name NEW for it")
+    for key, value in flags.items():
+        if key in MAY_CHANGE or key == "archs" or value == saved.get(key):
+            continue
+        raise UsageError(f"{origin[key]} {_show(value)} contradicts the saved experiment {name!r} "
+                         f"({key} {_show(saved.get(key))}); drop the flag, or start a new experiment with --name NEW")
+    changed = {k: v for k, v in sets.items() if saved["overrides"].get(k, _MISSING) != v}
+    if changed:
+        k, v = next(iter(changed.items()))
+        raise UsageError(f"--set {k}={v} contradicts the saved experiment {name!r} (its --set values: "
+                         f"{saved['overrides'] or 'none'}); drop it, or start a new experiment with --name NEW")
 
 
 _MISSING = object()
@@ -371,8 +384,6 @@ def _show(value: Any) -> str:
 
 def source_problem(path: Path) -> str | None:
     """Why ``path`` cannot be a data source (a non-empty folder or a labels CSV), or None."""
-    from data_utils.sources import is_labels_file
-
     if is_labels_file(path):
         return None if path.is_file() else "the labels file does not exist; pass --data with a folder or a CSV"
     if not path.is_dir():
@@ -384,9 +395,6 @@ def source_problem(path: Path) -> str | None:
 
 
 def _validate(s: RunSettings, origin: dict[str, str]) -> None:
-    from data_utils.cache import check_image_size
-    from data_utils.sources import split_sources
-
     def need(key: str, ok: bool, rule: str) -> None:
         if not ok:
             raise UsageError(f"{origin.get(key) or key} {_show(getattr(s, key))}: {rule}")
@@ -418,8 +426,6 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
     need("concurrency", s.concurrency is None or s.concurrency >= 1, "must be at least 1")
     need("max_failures", s.max_failures >= 0, "must be 0 or more")
     if s.budget_s is not None:
-        from search.budget import format_duration, min_budget_s
-
         least = min_budget_s(len(s.archs))
         need("budget_s", s.budget_s >= least, f"is shorter than the {format_duration(least)} that one trial and one "
              f"retraining run per architecture and the report need at the least; give --budget {format_duration(least)}"

@@ -6,8 +6,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import jpeg_bytes
+
 from data_utils.dataset import NoUsableImagesError, load_faces
 
 GOOD = jpeg_bytes()

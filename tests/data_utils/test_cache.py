@@ -4,8 +4,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
-
 from conftest import copy_real
+
 from data_utils.cache import load_or_build
 from data_utils.dataset import load_faces
 from data_utils.scan import scan_folder

@@ -3,11 +3,10 @@ import io
 
 import numpy as np
 import pytest
+from conftest import jpeg_bytes
 from PIL import Image
 
-from conftest import jpeg_bytes
-from data_utils import cache
-from data_utils import photos
+from data_utils import cache, photos
 from data_utils.cache import DecodeError, decode_face
 from data_utils.photos import UTK_LANDMARKS, align, detect, face_crop_bytes, load_photo, similarity
 

@@ -7,11 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import AAF, copy_real, run_cli
 
 from data_utils.dataset import load_faces
 from data_utils.sources import AgeRangeError, join_sources, parse_age, read_labels_csv, scan_sources, split_sources
-from conftest import AAF, copy_real, run_cli
-
 
 
 def real_names(data_dir: Path, n: int) -> list[str]:

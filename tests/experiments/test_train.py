@@ -5,12 +5,20 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
+
 from data_utils.dataset import make_split
 from experiments.config import TrainConfig
-from experiments.train import (NonFiniteLossError, Trainer, fit_parts, load_model, mixup_draw, prepare_data, score,
-                               TensorData)
+from experiments.train import (
+    NonFiniteLossError,
+    TensorData,
+    Trainer,
+    fit_parts,
+    load_model,
+    mixup_draw,
+    prepare_data,
+    score,
+)
 
 SMALL = {"image_size": 32, "max_images": 2000, "batch_size": 32, "depth": 3, "base_width": 16, "dense_units": 64,
          "dropout": 0.1, "lr": 0.003, "warmup_epochs": 0, "age_loss_weight": 0.5, "epochs": 3, "device": "cpu"}

@@ -143,7 +143,7 @@ def test_ensemble_averages_ages_and_probabilities():
         age, logit = Ensemble(members)(x)
         outs = [m(x) for m in members]
     torch.testing.assert_close(age, torch.stack([a for a, _ in outs]).mean(0))
-    torch.testing.assert_close(torch.sigmoid(logit), torch.stack([torch.sigmoid(l) for _, l in outs]).mean(0))
+    torch.testing.assert_close(torch.sigmoid(logit), torch.stack([torch.sigmoid(lg) for _, lg in outs]).mean(0))
     # confident members do not saturate the mean's logit
     extreme = torch.tensor([[60.0, -60.0], [60.0, 60.0]])
     from models.views import mean_probability_logit

@@ -2,8 +2,16 @@
 
 import pytest
 
-from search.budget import (BUDGET_FILE, REPORT_RESERVE_S, SEARCH_SHARE, SETUP_STAGE, Ledger,
-                           format_duration, parse_duration, plan_retrain)
+from search.budget import (
+    BUDGET_FILE,
+    REPORT_RESERVE_S,
+    SEARCH_SHARE,
+    SETUP_STAGE,
+    Ledger,
+    format_duration,
+    parse_duration,
+    plan_retrain,
+)
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("45", 45),

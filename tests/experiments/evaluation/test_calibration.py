@@ -4,8 +4,15 @@ import math
 import numpy as np
 import pytest
 
-from experiments.evaluation.calibration import (age_interval, apply_temperature, calibrate, conformal_halfwidth,
-                                     expected_calibration_error, fit_temperature, sigmoid)
+from experiments.evaluation.calibration import (
+    age_interval,
+    apply_temperature,
+    calibrate,
+    conformal_halfwidth,
+    expected_calibration_error,
+    fit_temperature,
+    sigmoid,
+)
 
 
 def noisy_ages(n, rng):

@@ -18,8 +18,8 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT, run_cli
+
 from search.hpo import ray_processes
 from search.hpo.storage import snapshot_files
 

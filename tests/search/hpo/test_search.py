@@ -5,8 +5,8 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY, run_cli, run_main
+
 from search.stages.results import read_trials
 
 
@@ -46,9 +46,9 @@ def test_outputs_and_tensorboard(tiny_search):
 
 
 def test_the_study_recipe_the_found_configuration_and_the_defaults_are_trials_of_every_search(tiny_search):
+    from experiments.config import TrainConfig, load_config_file
     from search.hpo.spaces import FOUND, RECIPES, point_in_space
     from search.stages.settings import RunSettings
-    from experiments.config import TrainConfig, load_config_file
 
     folder, _ = tiny_search
     settings = RunSettings(**json.loads((folder / "search_settings.json").read_text())["settings"])

@@ -10,10 +10,10 @@ import uuid
 
 import optuna
 import pytest
-
 from conftest import ROOT, run_cli
-from search.hpo.storage import LAST_GOOD, recover_state, save_last_good, snapshot_files
 from test_interrupts import ARGS, finished_in_study, tune_statuses, wait_for
+
+from search.hpo.storage import LAST_GOOD, recover_state, save_last_good, snapshot_files
 
 TRIALS = 6
 SEARCH = [*ARGS[:ARGS.index("--num-samples") + 1], str(TRIALS), *ARGS[ARGS.index("--num-samples") + 2:]]

@@ -7,11 +7,11 @@ import ray
 
 from data_utils.dataset import load_faces, make_split
 from experiments.config import TrainConfig
-from search.stages.results import trial_rows
 from search.hpo.spaces import GRACE, SPACES, Categorical, Float, Int
-from search.hpo.trainable import TrialData
 from search.hpo.study import open_storage, study_storage_file
+from search.hpo.trainable import TrialData
 from search.hpo.tuning import DefineByRun, PrunedAwareOptunaSearch, SearchPlan, make_tuner, search_space
+from search.stages.results import trial_rows
 
 
 def plan(arch="scratch", **kw):

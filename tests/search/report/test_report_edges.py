@@ -4,11 +4,11 @@ import re
 import shutil
 
 import matplotlib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 import pandas as pd
 import pytest
-
 from conftest import TINY, copy_real, run_cli
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
 from search.report.sections import log_ticks, objective_vs_params
 from search.stages.results import read_trials
 

@@ -7,8 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import copy_real, jpeg_bytes, run_cli
+
 from data_utils.cache import decode_face
 from data_utils.photos import DEFAULT_DETECTOR
 from data_utils.scan import parse_name
@@ -214,8 +214,8 @@ def test_calibration_is_fitted_on_the_held_out_predictions(exported, tiny_search
 
 
 def test_predict_on_a_photo_detects_aligns_and_draws(exported, tmp_path):
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     out, _ = exported
     photos = tmp_path / "photos"

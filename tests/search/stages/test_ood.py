@@ -7,9 +7,7 @@ import json
 import shutil
 
 import pytest
-
 from conftest import AAF, copy_real, run_cli
-
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY, run_cli, run_main
-from search.report.sections import SECTIONS, asha_rungs, pareto_front
+
 from experiments.evaluation.metrics import bootstrap_ci
+from search.report.sections import SECTIONS, asha_rungs, pareto_front
 
 ARCHS = ("scratch", "pretrained")
 

@@ -3,8 +3,8 @@ import json
 import shlex
 
 import pytest
-
 from conftest import run_cli, run_main
+
 from search.run import get_args_parser
 from search.stages.settings import SETTINGS_FILE, UsageError, record_resume, resolve, save_new
 
@@ -158,6 +158,7 @@ def test_a_preset_schedules_each_architecture_and_the_flags_replace_it(data_dir,
 
 def test_each_architecture_trains_on_faces_of_its_own_size_with_one_split(data_dir, tmp_path):
     from conftest import copy_real
+
     from data_utils.dataset import SPLIT_FILE
     from search.stages.pipeline import load_data, prepare_trial_data
 
