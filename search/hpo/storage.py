@@ -20,6 +20,7 @@ from typing import Any
 from ray.tune import Callback
 
 from search.hpo import interrupts
+from search.hpo.loggers import trial_loggers
 
 LAST_GOOD = ".last-good-state"
 BALLAST = ".disk-reserve"  # held while a stage runs, given up to let its last snapshot be written on a full disk
@@ -211,6 +212,7 @@ class DiskGuard(Callback):
 
 
 def stage_callbacks(experiment_dir: str, disk_reserve: int) -> list[Callback]:
-    """What every Tune stage of a run watches: an interrupt (``interrupts.ResendStop``) and, given a reserve, its
-    disk (``DiskGuard``)."""
-    return [interrupts.ResendStop(), *([DiskGuard(experiment_dir, disk_reserve)] if disk_reserve else [])]
+    """What every Tune stage of a run writes and watches: each trial's log files (``loggers.trial_loggers``), an
+    interrupt (``interrupts.ResendStop``) and, given a reserve, its disk (``DiskGuard``)."""
+    return [*trial_loggers(), interrupts.ResendStop(),
+            *([DiskGuard(experiment_dir, disk_reserve)] if disk_reserve else [])]

@@ -33,6 +33,9 @@ def test_asha_stops_trials_and_optuna_records_them_pruned(tiny_search, arch):
 def test_outputs_and_tensorboard(tiny_search):
     folder, result = tiny_search
     assert f"tensorboard --logdir {folder}" in result.stdout
+    # every TensorBoard hint names the experiment, where the events are, never Ray's staging folder
+    hints = [line for line in (result.stdout + result.stderr).splitlines() if "tensorboard --logdir" in line]
+    assert hints and all(f"--logdir {folder}" in line for line in hints), hints
     for arch in ("scratch", "pretrained"):
         best = json.loads((folder / arch / "best_config.json").read_text())
         trials = pd.read_csv(folder / arch / "trials.csv")
