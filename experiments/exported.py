@@ -34,15 +34,18 @@ class ExportFolderError(ValueError):
 class Exported(nn.Module):
     """The model as exported: (age, P(female), age spread) instead of a logit, so users need no sigmoid; the logit
     is divided by the calibration's temperature first (the decision at P = 0.5 is unchanged). The spread of the
-    test-time views' ages scales the age interval (``experiments.evaluation.calibration.halfwidths``)."""
+    test-time views' ages scales the age interval (``experiments.evaluation.calibration.halfwidths``).
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0):
+    ``batched_views``: the views run as one batch, for the ONNX and TorchScript graphs (``forward_with_spread``)."""
+
+    def __init__(self, model: nn.Module, temperature: float = 1.0, batched_views: bool = False):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)
+        self.batched_views = batched_views
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        age, logit, spread = self.model.forward_with_spread(image)
+        age, logit, spread = self.model.forward_with_spread(image, self.batched_views)
         return age, torch.sigmoid(logit / self.temperature), spread
 
 

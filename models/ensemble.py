@@ -21,8 +21,9 @@ class Ensemble(nn.Module):
         ages, logits = zip(*(member(x) for member in self.members))
         return torch.stack(ages).float().mean(0), mean_probability_logit(torch.stack(logits))
 
-    def forward_with_spread(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_with_spread(self, x: torch.Tensor, batched: bool = False
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``forward`` and the members' mean spread of their views' ages (``AgeGenderNet.forward_with_spread``)."""
-        ages, logits, spreads = zip(*(member.forward_with_spread(x) for member in self.members))
+        ages, logits, spreads = zip(*(member.forward_with_spread(x, batched) for member in self.members))
         return (torch.stack(ages).float().mean(0), mean_probability_logit(torch.stack(logits)),
                 torch.stack(spreads).float().mean(0))

@@ -65,16 +65,24 @@ class AgeGenderNet(nn.Module):
         age, logit, _ = self.outputs(x)
         return age, logit
 
-    def forward_with_spread(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_with_spread(self, x: torch.Tensor, batched: bool = False
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``forward``'s (age, gender logit) and the spread of the views' ages (their standard deviation; 0 for one
         view): how far the answer moves between the face, its mirror and its zooms. A face unlike the training's
-        moves more, so the age interval scales with it (``experiments.evaluation.calibration``)."""
+        moves more, so the age interval scales with it (``experiments.evaluation.calibration``).
+
+        ``batched`` runs the views as one batch instead of one forward each: the same function, whose traced graph
+        holds one copy of the network rather than one per view (the exports trace it so)."""
         views = [x] if self.training else self.views(x)
-        ages, logits = zip(*(self.outputs(v)[:2] for v in views))
-        if len(views) == 1:
-            return ages[0], logits[0], torch.zeros_like(ages[0], dtype=torch.float32)
-        ages = torch.stack(ages).float()
-        return ages.mean(0), mean_probability_logit(torch.stack(logits)), ages.std(0)
+        if batched and len(views) > 1:
+            age, logit, _ = self.outputs(torch.cat(views))
+            ages, logits = age.float().reshape(len(views), -1), logit.reshape(len(views), -1)
+        else:
+            ages, logits = zip(*(self.outputs(v)[:2] for v in views))
+            if len(views) == 1:
+                return ages[0], logits[0], torch.zeros_like(ages[0], dtype=torch.float32)
+            ages, logits = torch.stack(ages).float(), torch.stack(logits)
+        return ages.mean(0), mean_probability_logit(logits), ages.std(0)
 
     def freeze_backbone(self, frozen: bool = True) -> None:
         self.backbone_frozen = frozen

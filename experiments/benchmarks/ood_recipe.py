@@ -24,12 +24,12 @@ import torch
 
 from data_utils.labelled import read_set, set_names
 from experiments.benchmarks.ablation import bootstrap_diff
-from experiments.benchmarks.parallel import emit, run_each
+from experiments.benchmarks.parallel import emit, run_each, train_to_the_end
 from experiments.benchmarks.precision_quality import paired
 from experiments.config import TrainConfig, load_config_file, parse_overrides
 from experiments.device import device_name, resolve_device
 from experiments.objective import predicted_female
-from experiments.train import TensorData, Trainer, fit_parts, predict, prepare_data
+from experiments.train import TensorData, predict, prepare_data
 
 PHOTOMETRIC = {"aug_color": 0.3, "aug_grey": 0.1, "aug_blur": 0.2, "aug_jpeg": 0.3}
 GEOMETRIC = {"aug_rotate": 15.0, "aug_shift": 0.12, "aug_scale": 0.15}
@@ -68,15 +68,8 @@ def ood_sets(args: argparse.Namespace, size: int):
 
 def run_one(args: argparse.Namespace, variant: str, seed: int) -> dict:
     """Train one (variant, seed); its predictions on the test split and on every set, and its training time."""
-    torch.set_num_threads(1)
     cfg = TrainConfig.from_dict({**VARIANTS[variant], "seed": seed}, base_config(args))
-    faces, split = prepare_data(cfg)
-    train, val = fit_parts(faces, split, cfg)
-    start = time.perf_counter()
-    trainer = Trainer(cfg, train, val)
-    for _ in trainer.epochs():
-        pass
-    seconds = time.perf_counter() - start
+    trainer, faces, split, seconds = train_to_the_end(cfg)
     out = {}
     test = TensorData.from_faces(faces.view(split.test), trainer.device)
     age, p = predict(trainer.model, test, precision=trainer.precision)

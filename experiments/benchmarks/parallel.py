@@ -1,14 +1,22 @@
-"""What the benchmarks that train many runs share: each run in its own process, a few at once, and the JSON out."""
+"""What the benchmarks that train many runs share: each run in its own process, a few at once, one training run to
+its end, and the JSON out."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from data_utils.dataset import Faces, Split
+from experiments.config import TrainConfig
+from experiments.train import Trainer, fit_parts, prepare_data
 
 
 def run_each(script: str, jobs: Sequence[tuple], options: Callable[[tuple], list[str]], workers: int) -> list[dict]:
@@ -24,6 +32,19 @@ def run_each(script: str, jobs: Sequence[tuple], options: Callable[[tuple], list
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
             return list(pool.map(launch, enumerate(jobs)))
+
+
+def train_to_the_end(cfg: TrainConfig) -> tuple[Trainer, Faces, Split, float]:
+    """Train ``cfg`` on its train split on one thread (the runs beside it have the other cores); returns the trainer
+    at its last epoch, the faces, their split and the training seconds."""
+    torch.set_num_threads(1)
+    faces, split = prepare_data(cfg)
+    train, val = fit_parts(faces, split, cfg)
+    start = time.perf_counter()
+    trainer = Trainer(cfg, train, val)
+    for _ in trainer.epochs():
+        pass
+    return trainer, faces, split, time.perf_counter() - start
 
 
 def emit(out: dict[str, Any], path: str | None) -> None:

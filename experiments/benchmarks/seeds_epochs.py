@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from experiments.benchmarks.ablation import per_image
-from experiments.benchmarks.parallel import emit, run_each
+from experiments.benchmarks.parallel import emit, run_each, train_to_the_end
 from experiments.config import TrainConfig, load_config_file, parse_overrides
 from experiments.device import device_name, resolve_device
 from experiments.objective import objective
-from experiments.train import Trainer, fit_parts, predict, prepare_data
+from experiments.train import predict, prepare_data
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -54,15 +54,7 @@ def base_config(args: argparse.Namespace) -> TrainConfig:
 
 def run_one(args: argparse.Namespace, epochs: int, seed: int) -> dict:
     """Train one (epochs, seed) on the train split; its validation predictions and training seconds."""
-    torch.set_num_threads(1)
-    cfg = TrainConfig.from_dict({"epochs": epochs, "seed": seed}, base_config(args))
-    faces, split = prepare_data(cfg)
-    train, val = fit_parts(faces, split, cfg)
-    start = time.perf_counter()
-    trainer = Trainer(cfg, train, val)
-    for _ in trainer.epochs():
-        pass
-    seconds = time.perf_counter() - start
+    trainer, _, _, seconds = train_to_the_end(TrainConfig.from_dict({"epochs": epochs, "seed": seed}, base_config(args)))
     age, prob = predict(trainer.model, trainer.held_out_data, precision=trainer.precision)
     return {"epochs": epochs, "seed": seed, "seconds": seconds, "age": age.tolist(), "p_female": prob.tolist(),
             "true_age": trainer.held_out_data.ages.tolist(), "gender": trainer.held_out_data.genders.tolist()}

@@ -249,7 +249,7 @@ def make_tuner(plan: SearchPlan, data: TrialData, resume: bool) -> tune.Tuner:
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(plan), scheduler=make_scheduler(plan),
-            num_samples=plan.num_samples, max_concurrent_trials=plan.concurrency,
+            num_samples=plan.num_samples,  # concurrency: the searcher's ConcurrencyLimiter holds it
             # a new trial runs in the process of a finished one: no second start-up of Python, torch and the data
             reuse_actors=True,
         ),

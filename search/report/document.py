@@ -72,7 +72,7 @@ class Doc:
         style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
                  "table{border-collapse:collapse;margin:1em 0;font-size:13px;max-width:100%}"
                  "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;overflow-wrap:anywhere}"
-                 "th{background:#f3f3f3;vertical-align:bottom}td:first-child,th:first-child{text-align:left}"
+                 "th{background:#f3f3f3;vertical-align:bottom;overflow-wrap:normal}td:first-child,th:first-child{text-align:left}"
                  "img{max-width:100%;margin:1em 0}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap;"
                  "overflow-wrap:anywhere}")
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -169,6 +169,9 @@ def test_the_spread_is_the_views_standard_deviation_and_the_ensemble_averages_it
             assert spread.min() > 0
         both = Ensemble(members).forward_with_spread(x)
         torch.testing.assert_close(both[2], torch.stack([m.forward_with_spread(x)[2] for m in members]).mean(0))
+        # the views as one batch (the exported graphs) are the same function as one forward per view
+        for got, want in zip(Ensemble(members).forward_with_spread(x, batched=True), both):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(both[0], Ensemble(members)(x)[0])
         members[0].tta_flip, members[0].tta_zoom = False, 0.0  # one view: no spread to measure
         assert members[0].forward_with_spread(x)[2].abs().max() == 0
