@@ -57,12 +57,8 @@ class AgeGenderNet(nn.Module):
         return views + [v.flip(3) for v in views] if self.tta_flip else views
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        views = [x] if self.training else self.views(x)
-        if len(views) > 1:
-            # one forward per view, so that a batch costs the cache what one view does (experiments.device)
-            ages, logits = zip(*(self.outputs(v)[:2] for v in views))
-            return torch.stack(ages).float().mean(0), mean_probability_logit(torch.stack(logits))
-        age, logit, _ = self.outputs(x)
+        # one forward per view, so that a batch costs the cache what one view does (experiments.device)
+        age, logit, _ = self.forward_with_spread(x)
         return age, logit
 
     def forward_with_spread(self, x: torch.Tensor, batched: bool = False
