@@ -42,6 +42,7 @@ def test_export_folder_describes_itself(exported):
     assert json.loads((out / "metrics.json").read_text())["arch"] == "pretrained"
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # the format still loads
 def test_pytorch_onnx_and_torchscript_agree_on_real_faces(exported, data_dir):
     out, _ = exported
     model, cfg = load_export(out)
