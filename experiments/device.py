@@ -19,14 +19,12 @@ import torch
 
 PRECISIONS = ("auto", "bf16", "fp32")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# architecture → image size below which auto keeps it in fp32 on a CPU, measured (experiments/benchmarks/
-# throughput.py, AMD EPYC, batch 64, images/s fp32 channels_last vs bf16: 403 vs 217 at 48 px, 315 vs 225 at 64,
-# 174 vs 144 at 96, 87 vs 91 at 128)
+# architecture → image size below which auto keeps it in fp32 on a CPU: its depthwise convolutions run faster in
+# fp32 channels_last than in bf16 at small sizes (experiments/benchmarks/throughput.py)
 CPU_BF16_FROM_SIZE = {"pretrained": 128}
 # device type → faces per forward pass when scoring (eval mode; flip TTA doubles the batch). On a CPU a small batch's
-# activations stay in cache: experiments/benchmarks/throughput.py --scoring, AMD EPYC, 1 thread, faces/s at 32
-# against 512: pretrained 393 vs 180 at 64 px and 154 vs 77 at 128, scratch 172 vs 125 at 64 px and 39 vs 31 at
-# 128; 32 was within 10% of the fastest size everywhere (8–512 tried). GPUs want large batches
+# activations stay in the caches, and 32 is close to the fastest size for both architectures (throughput.py
+# --scoring); GPUs want large batches
 EVAL_BATCH_SIZE = {"cpu": 32, "cuda": 512}
 
 
