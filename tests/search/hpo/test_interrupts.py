@@ -6,9 +6,11 @@ as its retraining starts), with a twin run of the same name started beside it, a
 resume naming only the experiment; each test reads what one step left.
 """
 import collections
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -38,12 +40,16 @@ def start(*args):
 
 
 def study_states(root: Path) -> collections.Counter:
+    """The study's trial states, read through a read-only connection: opening the file with Optuna's storage would
+    create its tables, racing the run that is creating them (a UNIQUE constraint failure that ends the run)."""
     db = root / "scratch" / "optuna.db"
     try:
-        trials = optuna.load_study(study_name=f"{root.name}-scratch", storage=f"sqlite:///{db}").trials
-    except Exception:  # not created yet
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            states = [row[0] for row in con.execute("SELECT state FROM trials")]
+    except sqlite3.Error:  # not created yet
         return collections.Counter()
-    return collections.Counter("finished" if t.state.is_finished() else t.state.name for t in trials)
+    finished = {"COMPLETE", "PRUNED", "FAIL"}  # optuna's TrialState.is_finished
+    return collections.Counter("finished" if state in finished else state for state in states)
 
 
 def finished_in_study(root: Path) -> int:
