@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from data_utils.cache import check_image_size, load_or_build
-from data_utils.scan import ScanReport, age_band, summarize_labels
+from data_utils.scan import ScanReport, age_band, race_group, summarize_labels
 from data_utils.sources import refuse_ranges, scan_sources, split_sources
 
 
@@ -76,6 +76,15 @@ class Faces:
     def __reduce__(self):
         arrays = [t.numpy() if t is not None else None for t in (self.images, self.ages, self.genders, self.rows)]
         return _faces_from_arrays, (*arrays, self.names, self.sha256, self.report, self.cache_path)
+
+
+def group_draw_weights(names: list[str], power: float) -> torch.Tensor:
+    """One sampling weight per face, (its race group's size)^-power, scaled to a mean of 1: 0 leaves every face
+    equal, 1 draws every group (``race_group``; names without the field form one) equally often."""
+    groups = [race_group(n) for n in names]
+    sizes = {g: groups.count(g) for g in set(groups)}
+    weights = torch.tensor([sizes[g] ** -power for g in groups], dtype=torch.float64)
+    return weights * (len(weights) / weights.sum())
 
 
 def _faces_from_arrays(images, ages, genders, rows, names, sha256, report, cache_path) -> Faces:

@@ -81,6 +81,9 @@ class TrainConfig:
     aug_grey: float = 0.0  # probability of a greyscale face
     aug_blur: float = 0.0  # probability of a Gaussian blur
     aug_jpeg: float = 0.0  # probability of a JPEG re-compression (quality 30–90)
+    # sampling: each training face is drawn with weight (its group's size)^-group_balance, groups being UTKFace's
+    # race field (data_utils.scan.race_group); 0 draws every face once an epoch, 1 every group equally often
+    group_balance: float = 0.0
     mixup_alpha: float = 0.0  # > 0: blend each batch with a shuffled copy, λ ~ Beta(α, α); labels mixed alike
     tta_flip: bool = True  # evaluation averages each face and its mirror (validation, test, export, predict)
     # > 0: evaluation also averages the face zoomed in and out by this fraction (models.views.zoom_views); None:
@@ -106,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"unknown age_head {self.age_head!r}; valid: {', '.join(AGE_HEADS)}")
         if self.mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0 (0 = off), got {self.mixup_alpha}")
+        if not 0 <= self.group_balance <= 1:
+            raise ValueError(f"group_balance must be in [0, 1] (0 = off, 1 = groups drawn equally), got {self.group_balance}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.schedule not in SCHEDULES:

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from data_utils.augment import augment_batch
-from data_utils.dataset import SPLIT_FILE, Faces, NoUsableImagesError, Split, load_faces, make_split
+from data_utils.dataset import (SPLIT_FILE, Faces, NoUsableImagesError, Split, group_draw_weights, load_faces,
+                                 make_split)
 from data_utils.sources import join_sources
 from experiments.config import TrainConfig, load_config_file, parse_overrides
 from experiments.device import Precision, eval_batch_size, resolve_device, resolve_precision  # noqa: F401  (resolve_device: re-exported)
@@ -194,6 +195,9 @@ class Trainer:
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.augment = cfg.augmentation()
+        # None: each epoch draws every face once; else faces are drawn with replacement by these weights
+        self.draw_weights = group_draw_weights(train.names, cfg.group_balance).to(self.device) \
+            if cfg.group_balance > 0 else None
         self.optimizer = make_optimizer(self.model, cfg)
         self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         n = len(self.train_data)
@@ -237,7 +241,8 @@ class Trainer:
         cfg, data = self.cfg, self.train_data
         self.model.freeze_backbone(self.backbone_frozen_now)
         self.model.train()
-        perm = torch.randperm(len(data), device=self.device)
+        perm = torch.randperm(len(data), device=self.device) if self.draw_weights is None else \
+            torch.multinomial(self.draw_weights, len(data), replacement=True)
         totals = torch.zeros(4, device=self.device)
         for step in range(self.steps_per_epoch):
             idx = perm[step * self.batch_size:(step + 1) * self.batch_size]

@@ -115,10 +115,15 @@ class Ledger:
         self.limits[stage] = seconds
         self._write()
 
-    def set_reserve(self, stage: str, share_s: float, epochs: int, scale: float) -> None:
+    def set_reserve(self, stage: str, share_s: float, epochs: int, scale: float, trial_epochs: int | None = None
+                    ) -> None:
         """Make ``stage`` (a search) end in time for one retraining run of ``epochs`` epochs on ``scale`` × its
-        training faces to fit in ``share_s`` (its architecture's whole share), projected from its trials' epochs."""
+        training faces to fit in ``share_s`` (its architecture's whole share), projected from its trials' epochs.
+        With ``trial_epochs`` (the length of its trials, given where its first wave is its seeded configurations
+        alone) it may also give its time to the retraining (``search.hpo.stopper.BudgetStopper.gives_way``)."""
         self.reserves[stage] = {"share_s": float(share_s), "epochs": int(epochs), "scale": float(scale)}
+        if trial_epochs:
+            self.reserves[stage]["trial_epochs"] = int(trial_epochs)
         self._write()
 
     def set_retrain_epochs(self, arch: str, epochs: int) -> None:
@@ -225,13 +230,15 @@ def plan_retrain(seconds_left: float, run_seconds: float, concurrency: int, max_
     return plan
 
 
-def plan_search(ledger: Ledger, archs: tuple[str, ...], arch: str, epochs: int, train: int, val: int) -> float:
+def plan_search(ledger: Ledger, archs: tuple[str, ...], arch: str, epochs: int, train: int, val: int,
+                seeded_first_wave: bool = False) -> float:
     """Set ``arch``'s search limit in the ledger, and the reserve that keeps room for one wave of the retraining's
-    shortest runs where its share is too small for both stages; returns the limit."""
+    shortest runs where its share is too small for both stages; where the first wave of trials is the seeded
+    configurations alone, the search may give way to the retraining; returns the limit."""
     limit = ledger.search_limit(archs, arch)
     ledger.set_limit(f"{arch}/search", limit)
     ledger.set_reserve(f"{arch}/search", ledger.arch_share(archs, arch), shortest_retrain_epochs(epochs),
-                       retrain_scale(train, val))
+                       retrain_scale(train, val), epochs if seeded_first_wave else None)
     return limit
 
 

@@ -1,5 +1,5 @@
-"""Which augmentations hold up out of domain? Each variant against the baseline, paired by seed, on the test split
-and on labelled sets from other datasets; JSON.
+"""Which recipe pieces (augmentations, sampling, image size at equal time) hold up out of domain? Each variant against
+the baseline, paired by seed, on the test split and on labelled sets from other datasets; JSON.
 
     python experiments/benchmarks/ood_recipe.py --data ../shared/data/utkface-5k \
         --ood ../shared/data/aaf-2k/labels.csv --config tuned_b --image-size 64 --epochs 8 --seeds 0 1 2 \
@@ -34,7 +34,10 @@ from experiments.train import TensorData, predict, prepare_data
 PHOTOMETRIC = {"aug_color": 0.3, "aug_grey": 0.1, "aug_blur": 0.2, "aug_jpeg": 0.3}
 GEOMETRIC = {"aug_rotate": 15.0, "aug_shift": 0.12, "aug_scale": 0.15}
 VARIANTS = {"baseline": {}, "photometric": PHOTOMETRIC, "geometric": GEOMETRIC,
-            "photometric_geometric": {**PHOTOMETRIC, **GEOMETRIC}}
+            "photometric_geometric": {**PHOTOMETRIC, **GEOMETRIC},
+            "groups_balanced": {"group_balance": 1.0}, "groups_sqrt_balanced": {"group_balance": 0.5},
+            # 80 px faces train about 1.7× slower than 64 px ones (throughput.py): 5 epochs take the baseline's time
+            "size_80_equal_time": {"image_size": 80, "epochs": 5}}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

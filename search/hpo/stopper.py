@@ -16,7 +16,8 @@ class BudgetStopper(tune.Stopper):
 
     A search stage with a reserve in the ledger (``Ledger.set_reserve``) also ends when what is left of its
     architecture's share would no longer hold one retraining run of the reserved length, projected like the
-    retraining's plan from the slowest trial's mean epoch times seen so far.
+    retraining's plan from the slowest trial's mean epoch times seen so far, and, where its first wave is its
+    seeded configurations, as soon as its first epochs show it can do no more than compare them (``gives_way``).
 
     Tune pickles its stopper with the experiment, so the limit and the clock are read from the ledger when a
     process first asks (never pickled): a resumed run counts from what was spent and obeys a changed budget.
@@ -61,6 +62,20 @@ class BudgetStopper(tune.Stopper):
         return max(project_run_seconds(it / n, int(reserve["epochs"]), reserve["scale"], ep / n, sc / n)
                    for it, ep, sc, n in self._times.values())
 
+    def gives_way(self) -> bool:
+        """True where the search can only compare its seeded configurations while starving the retraining: its
+        limit cannot hold a second wave of full-length trials (so no configuration it samples could finish), and
+        what the limit leaves of the share cannot hold one retraining run as long as a trial. Both projected from
+        the slowest trial's epochs; only with ``trial_epochs`` in the reserve (``Ledger.set_reserve``)."""
+        _, _, limit, reserve = self._start()
+        if limit is None or not reserve or not reserve.get("trial_epochs") or not self._times:
+            return False
+        epochs = int(reserve["trial_epochs"])
+        trial = max(it / n for it, _, _, n in self._times.values()) * epochs
+        run = max(project_run_seconds(it / n, epochs, reserve["scale"], ep / n, sc / n)
+                  for it, ep, sc, n in self._times.values())
+        return limit < 2 * trial and reserve["share_s"] - limit < run
+
     def limit(self) -> float | None:
         """What the stage may spend in all (earlier runs' time included); None where it has no limit."""
         _, _, limit, reserve = self._start()
@@ -80,6 +95,14 @@ class BudgetStopper(tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
+        if self.gives_way():
+            Ledger(self.root).record(self.stage, self.elapsed())
+            if not self._said:
+                self._said = True
+                print(f"{self.stage}: ends after {format_duration(self.elapsed())}: its share cannot run a trial "
+                      "beyond the seeded configurations' first wave and would leave the retraining runs shorter than "
+                      "a trial, so the rest goes to the retraining of the configuration best so far", flush=True)
+            return True
         limit = self.limit()
         if limit is None or self.elapsed() < limit:
             return False

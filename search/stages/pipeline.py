@@ -35,7 +35,7 @@ from search.hpo.stopper import BudgetStopper
 from search.hpo.storage import StorageError
 from search.hpo.study import study_name, study_storage_file
 from search.hpo.trainable import TrialData
-from search.hpo.tuning import SearchPlan, close_stale_trials, make_tuner
+from search.hpo.tuning import SearchPlan, close_stale_trials, make_tuner, recipe_points
 from search.report import write_report
 from search.stages import manifest
 from search.stages.lock import ExperimentLock
@@ -197,15 +197,15 @@ def run_search(s: RunSettings, arch: str, data: TrialData, gpus_per_trial: float
     """Run (or resume) one architecture's search, write its summaries and its manifest entry."""
     local = s.root / arch
     local.mkdir(parents=True, exist_ok=True)
+    plan = search_plan(s, arch, gpus_per_trial, concurrency, disk_reserve)
     if s.budget_s is not None:
         ledger = budget.Ledger(s.root, s.budget_s)
         limit = budget.plan_search(ledger, s.archs, arch, s.epochs_for(arch), len(data.split.train),
-                                   len(data.split.val))
+                                   len(data.split.val), seeded_first_wave=len(recipe_points(plan)) >= concurrency)
         before = ledger.spent.get(f"{arch}/search")
         print(f"{arch}: the search may spend {budget.format_duration(limit)} of the "
               f"{budget.format_duration(s.budget_s)} budget"
               + (f" ({budget.format_duration(before)} spent before)" if before else ""))
-    plan = search_plan(s, arch, gpus_per_trial, concurrency, disk_reserve)
     record = {**dataclasses.asdict(plan), "space_overrides": s.space_overrides.get(arch, {})}
     (local / PLAN_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     resume = resume and cluster.can_restore(plan.experiment_dir)

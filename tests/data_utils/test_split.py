@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from data_utils.dataset import Split, SplitMismatchError, TooFewImagesError, load_faces, make_split
+from data_utils.dataset import (Split, SplitMismatchError, TooFewImagesError, group_draw_weights, load_faces,
+                                make_split)
 from data_utils.scan import age_band
 
 
@@ -71,3 +72,17 @@ def test_a_changed_folder_is_named_when_a_saved_split_no_longer_fits(faces, tmp_
     fewer = faces.subset(np.arange(100))
     with pytest.raises(SplitMismatchError, match="no longer holds .* pass --data with the folder"):
         Split.load(tmp_path / "split.json", fewer)
+
+
+def test_group_draw_weights_draw_each_race_group_equally_often_at_power_one():
+    names = [f"{20 + i}_1_0_2017010{i}.jpg.chip.jpg" for i in range(6)] + ["30_0_2_20170101.jpg.chip.jpg",
+                                                                           "31_0_2_20170102.jpg.chip.jpg", "x.jpg"]
+    plain = group_draw_weights(names, 0.0)
+    assert plain.tolist() == [1.0] * 9
+    balanced = group_draw_weights(names, 1.0)
+    share = {group: balanced[rows].sum().item() / balanced.sum().item()
+             for group, rows in {"White": slice(0, 6), "Asian": slice(6, 8), "unknown": slice(8, 9)}.items()}
+    assert share == pytest.approx({"White": 1 / 3, "Asian": 1 / 3, "unknown": 1 / 3})
+    assert balanced.mean().item() == pytest.approx(1.0)
+    half = group_draw_weights(names, 0.5)  # between the two: White drawn less than as sampled, more than balanced
+    assert 1 / 3 < half[:6].sum().item() / half.sum().item() < 6 / 9

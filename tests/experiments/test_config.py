@@ -25,7 +25,7 @@ def test_overlay_keeps_the_base():
 
 
 @pytest.mark.parametrize("bad", [{"optimizer": "lion"}, {"schedule": "step"}, {"dropout": 1.0}, {"epochs": 0},
-                                 {"aug_erase": 2.0}])
+                                 {"aug_erase": 2.0}, {"group_balance": 1.5}, {"group_balance": -0.1}])
 def test_invalid_values_are_rejected(bad):
     with pytest.raises(ValueError, match="valid|must"):
         TrainConfig.from_dict(bad)

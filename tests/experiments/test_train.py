@@ -8,6 +8,7 @@ import torch
 from conftest import ROOT
 
 from data_utils.dataset import make_split
+from data_utils.scan import race_group
 from experiments.config import TrainConfig
 from experiments.train import (
     NonFiniteLossError,
@@ -112,6 +113,27 @@ def test_mixup_and_erasing_change_training_and_resume_exactly(few, tmp_path):
     rest = list(resumed.epochs())
     assert rest[0]["train_loss"] == pytest.approx(full[1]["train_loss"], rel=1e-5)
     assert rest[0]["objective"] == pytest.approx(full[1]["objective"], rel=1e-5)
+
+
+def test_group_balance_draws_groups_equally_and_resumes_exactly(few, tmp_path):
+    cfg, faces, split = few
+    plain = TrainConfig.from_dict({"epochs": 2}, cfg)
+    cfg = TrainConfig.from_dict({"group_balance": 1.0}, plain)
+    train, val = fit_parts(faces, split, cfg)
+    trainer = Trainer(cfg, train, val)
+    groups = [race_group(n) for n in train.names]
+    drawn = torch.multinomial(trainer.draw_weights, 20000, replacement=True).tolist()
+    shares = {g: sum(groups[i] == g for i in drawn) / len(drawn) for g in set(groups)}
+    assert max(shares.values()) - min(shares.values()) < 0.03  # as sampled, the largest group is several times the least
+    assert Trainer(plain, train, val).draw_weights is None
+    full = list(Trainer(cfg, train, val).epochs())
+    assert full[0]["train_loss"] != pytest.approx(next(Trainer(plain, train, val).epochs())["train_loss"], rel=1e-3)
+    first = Trainer(cfg, train, val)
+    next(first.epochs())
+    torch.save(first.checkpoint(), tmp_path / "ckpt.pt")
+    resumed = Trainer(cfg, train, val)
+    resumed.load_checkpoint(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    assert next(resumed.epochs())["train_loss"] == pytest.approx(full[1]["train_loss"], rel=1e-5)
 
 
 def test_mixup_draws_a_larger_share_and_a_permutation():

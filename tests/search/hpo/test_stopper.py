@@ -55,3 +55,25 @@ def test_a_search_leaves_room_for_the_shortest_retraining_runs(tmp_path, capsys)
     assert roomy.limit() == 250.0
     # the times seen are not pickled with the experiment: a restored run projects from its own epochs
     assert pickle.loads(pickle.dumps(stopper)).reserved_seconds() is None
+
+
+@pytest.mark.parametrize("limit, share, iter_s, epoch_s, gives_way", [
+    (868.0, 1736.0, 108.0, 95.0, True),  # the whole UTKFace in 30 minutes: one wave of trials, retraining starved
+    (265.0, 550.0, 25.0, 21.0, False),  # the 5k in 9½ minutes: one wave, but room for full-length retraining runs
+    (3570.0, 7140.0, 110.0, 97.0, False),  # the whole UTKFace in 2 hours: several waves fit
+])
+def test_a_search_that_can_only_compare_its_seeded_configurations_gives_way(tmp_path, capsys, limit, share, iter_s,
+                                                                           epoch_s, gives_way):
+    ledger = Ledger(tmp_path, 2 * share)
+    ledger.set_limit("pretrained/search", limit)
+    ledger.set_reserve("pretrained/search", share, 4, 1.21, trial_epochs=8)
+    stopper = BudgetStopper(tmp_path, "pretrained/search")
+    assert not stopper.gives_way() and not stopper.stop_all()  # no epoch seen yet
+    stopper("t1", {"time_this_iter_s": iter_s, "epoch_seconds": epoch_s, "score_seconds": 10.0})
+    assert stopper.gives_way() is gives_way and stopper.stop_all() is gives_way
+    assert ("goes to the retraining" in capsys.readouterr().out) is gives_way
+    # without the trials' length in the reserve (sampled trials in the first wave) it never gives way
+    Ledger(tmp_path).set_reserve("pretrained/search", share, 4, 1.21)
+    plain = BudgetStopper(tmp_path, "pretrained/search")
+    plain("t1", {"time_this_iter_s": iter_s, "epoch_seconds": epoch_s, "score_seconds": 10.0})
+    assert not plain.gives_way() and not plain.stop_all()
