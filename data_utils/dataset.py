@@ -1,6 +1,7 @@
 """From a folder to labelled uint8 tensors and a saved, leak-free train/validation/test split."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -82,7 +83,7 @@ def group_draw_weights(names: list[str], power: float) -> torch.Tensor:
     """One sampling weight per face, (its race group's size)^-power, scaled to a mean of 1: 0 leaves every face
     equal, 1 draws every group (``race_group``; names without the field form one) equally often."""
     groups = [race_group(n) for n in names]
-    sizes = {g: groups.count(g) for g in set(groups)}
+    sizes = collections.Counter(groups)
     weights = torch.tensor([sizes[g] ** -power for g in groups], dtype=torch.float64)
     return weights * (len(weights) / weights.sum())
 

@@ -59,8 +59,11 @@ class BudgetStopper(tune.Stopper):
         reserve = self._start()[3]
         if not reserve or not self._times:
             return None
-        return max(project_run_seconds(it / n, int(reserve["epochs"]), reserve["scale"], ep / n, sc / n)
-                   for it, ep, sc, n in self._times.values())
+        return self._projected_run(int(reserve["epochs"]), reserve["scale"])
+
+    def _projected_run(self, epochs: int, scale: float) -> float:
+        """One retraining run of ``epochs`` on ``scale`` × the faces, projected from the slowest trial seen."""
+        return max(project_run_seconds(it / n, epochs, scale, ep / n, sc / n) for it, ep, sc, n in self._times.values())
 
     def gives_way(self) -> bool:
         """True where the search can only compare its seeded configurations while starving the retraining: its
@@ -72,9 +75,7 @@ class BudgetStopper(tune.Stopper):
             return False
         epochs = int(reserve["trial_epochs"])
         trial = max(it / n for it, _, _, n in self._times.values()) * epochs
-        run = max(project_run_seconds(it / n, epochs, reserve["scale"], ep / n, sc / n)
-                  for it, ep, sc, n in self._times.values())
-        return limit < 2 * trial and reserve["share_s"] - limit < run
+        return limit < 2 * trial and reserve["share_s"] - limit < self._projected_run(epochs, reserve["scale"])
 
     def limit(self) -> float | None:
         """What the stage may spend in all (earlier runs' time included); None where it has no limit."""
@@ -95,24 +96,26 @@ class BudgetStopper(tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
-        if self.gives_way():
-            Ledger(self.root).record(self.stage, self.elapsed())
-            if not self._said:
-                self._said = True
-                print(f"{self.stage}: ends after {format_duration(self.elapsed())}: its share cannot run a trial "
-                      "beyond the seeded configurations' first wave and would leave the retraining runs shorter than "
-                      "a trial, so the rest goes to the retraining of the configuration best so far", flush=True)
-            return True
+        giving_way = self.gives_way()
         limit = self.limit()
-        if limit is None or self.elapsed() < limit:
+        if not giving_way and (limit is None or self.elapsed() < limit):
             return False
         Ledger(self.root).record(self.stage, self.elapsed())  # the time the stage ended, not its last epoch's
         _, _, base, reserve = self._start()
-        if reserve and limit < base and not self._said:
+        if not self._said and (giving_way or (reserve and limit < base)):
             self._said = True
-            spent = self.elapsed()
-            print(f"{self.stage}: ends after {format_duration(spent)}, leaving "
-                  f"{format_duration(max(0.0, reserve['share_s'] - spent))} for the retraining: one run of "
-                  f"{reserve['epochs']} epochs (the shortest allowed) takes about "
-                  f"{format_duration(self.reserved_seconds())}", flush=True)
+            print(self._why_ended(giving_way), flush=True)
         return True
+
+    def _why_ended(self, giving_way: bool) -> str:
+        """The line a search that ends before its limit prints."""
+        spent = self.elapsed()
+        if giving_way:
+            return (f"{self.stage}: ends after {format_duration(spent)}: its share cannot run a trial beyond the "
+                    "seeded configurations' first wave and would leave the retraining runs shorter than a trial, so "
+                    "the rest goes to the retraining of the configuration best so far")
+        reserve = self._start()[3]
+        return (f"{self.stage}: ends after {format_duration(spent)}, leaving "
+                f"{format_duration(max(0.0, reserve['share_s'] - spent))} for the retraining: one run of "
+                f"{reserve['epochs']} epochs (the shortest allowed) takes about "
+                f"{format_duration(self.reserved_seconds())}")
